@@ -1,0 +1,118 @@
+"""The detector API every consumer uses: ``EdgeDetector.load(path).detect(points)``.
+
+A detector is a torch-free :class:`~edgead.detectors.Pipeline` (pre- and post-processing in numpy, or CUDA on the
+TensorRT path) around a network *runner*: a function from named input arrays to named output arrays. The runner is
+the only part that differs between backends (PyTorch eager, ONNX Runtime, TensorRT), so every backend shares one
+definition of grouping and scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+MAX_POINTS = 5_000_000  # a frame larger than this is a sensor or framing error, not a part
+
+
+@dataclass
+class DetectionResult:
+    score: float  # object-level anomaly score (max over valid points)
+    point_scores: np.ndarray  # (N,) float32, one per input point in input order; NaN for dropped points
+    threshold: float | None
+    anomalous: bool | None  # None when no threshold is set
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per stage: preprocess, network, postprocess, total
+    n_dropped: int = 0  # input rows with NaN/Inf coordinates, dropped before inference
+
+
+def validate_points(points, min_points: int, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Check a frame and drop non-finite rows. Returns (finite points (M, 3) float32, keep mask (N,) bool).
+
+    Raises ValueError naming the problem: wrong type, dtype, shape, too few or too many points.
+    """
+    if not isinstance(points, np.ndarray):
+        raise ValueError(f"points must be a numpy array, got {type(points).__name__}")
+    if points.dtype.kind != "f":
+        raise ValueError(f"points must be a float array, got dtype {points.dtype}")
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {points.shape}")
+    if len(points) > max_points:
+        raise ValueError(f"frame has {len(points)} points, more than the limit of {max_points}")
+    keep = np.isfinite(points).all(axis=1)
+    n_valid = int(keep.sum())
+    if n_valid < min_points:
+        what = "no points" if len(points) == 0 else f"{n_valid} finite points of {len(points)}"
+        raise ValueError(f"frame has {what}; this detector needs at least {min_points}")
+    finite = points if n_valid == len(points) else points[keep]
+    return np.ascontiguousarray(finite, dtype=np.float32), keep
+
+
+def load_threshold(source) -> float | None:
+    """A threshold from a number, or from a calibration JSON file with a ``threshold`` key."""
+    if source is None:
+        return None
+    if isinstance(source, (int, float)):
+        return float(source)
+    path = Path(source)
+    try:
+        return float(json.loads(path.read_text())["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a threshold calibration file ({exc})") from exc
+
+
+class EdgeDetector:
+    """One loaded detector. Not thread-safe: give each thread its own (backends hold reusable buffers)."""
+
+    def __init__(self, pipeline, runner: Runner | None, *, backend: str, name: str = "", model_hash: str = "",
+                 threshold: float | None = None):
+        self.pipeline = pipeline
+        self.runner = runner
+        self.backend = backend
+        self.name = name or pipeline.kind
+        self.model_hash = model_hash
+        self.threshold = threshold
+
+    @classmethod
+    def load(cls, path, *, threshold=None, device: str = "cpu") -> EdgeDetector:
+        """Load a run directory (PyTorch, or numpy for ``template``), an ``.onnx`` engine or a ``.plan`` engine.
+
+        ``threshold`` is a number or a calibration file; without it the run's or manifest's own threshold (if any)
+        is used. ``device`` applies to run directories ("cpu", "cuda") and ONNX ("cpu", "cuda").
+        """
+        from edgead import runtime
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such engine or run directory")
+        det = runtime.load(path, device=device)
+        if threshold is not None:
+            det.threshold = load_threshold(threshold)
+        return det
+
+    def detect(self, points: np.ndarray) -> DetectionResult:
+        t0 = time.perf_counter()
+        finite, keep = validate_points(points, self.pipeline.min_points)
+        feeds, context = self.pipeline.preprocess(finite)
+        t1 = time.perf_counter()
+        outputs = self.runner(feeds) if self.runner is not None else {}
+        t2 = time.perf_counter()
+        scores = self.pipeline.postprocess(finite, context, outputs)
+        t3 = time.perf_counter()
+        if len(finite) != len(points):
+            full = np.full(len(points), np.nan, dtype=np.float32)
+            full[keep] = scores
+            scores = full
+        score = float(np.nanmax(scores))
+        anomalous = None if self.threshold is None else bool(score > self.threshold)
+        ms = {"preprocess": t1 - t0, "network": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
+        return DetectionResult(
+            score=score, point_scores=scores.astype(np.float32, copy=False), threshold=self.threshold,
+            anomalous=anomalous, timings_ms={k: v * 1e3 for k, v in ms.items()},
+            n_dropped=int(len(points) - len(finite)),
+        )

@@ -1,0 +1,119 @@
+"""Geometry ops shared by every detector, backend and the CUDA kernels' tests.
+
+Small pure functions on numpy arrays. Shapes are given in each docstring; points are float32 unless stated.
+Every function is deterministic: the same input gives the same output, bit for bit, on every call. The CUDA
+kernels in ``edgead/kernels`` implement the same definitions (same FPS start, same tie-breaking) and are tested
+against these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from pykdtree.kdtree import KDTree
+
+try:  # exact FPS in compiled code; the numpy loop below defines the same result.
+    import fpsample
+except ImportError:  # pragma: no cover - fpsample is a base dependency
+    fpsample = None
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Maps sensor units (mm) to the unit-scale frame the networks were trained in.
+
+    ``center`` is taken per frame (parts arrive at arbitrary offsets); ``scale`` is fixed at training time so
+    that a defect keeps its physical size relative to the part.
+    """
+
+    scale: float
+
+    def apply(self, points: np.ndarray, center: np.ndarray) -> np.ndarray:
+        """(N, 3), (3,) -> (N, 3) float32 in the normalised frame."""
+        return ((points - center) / self.scale).astype(np.float32)
+
+    def invert(self, points: np.ndarray, center: np.ndarray) -> np.ndarray:
+        """(N, 3), (3,) -> (N, 3) float32 in sensor units."""
+        return (points * self.scale + center).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def fit(cls, clouds: list[np.ndarray]) -> Normalization:
+        """Scale = mean over the training clouds of the largest distance from the bounding-box centre."""
+        radii = [float(np.linalg.norm(c - bbox_center(c), axis=1).max()) for c in clouds]
+        return cls(scale=float(np.mean(radii)))
+
+
+def bbox_center(points: np.ndarray) -> np.ndarray:
+    """(N, 3) -> (3,) float32 centre of the axis-aligned bounding box (robust to uneven sampling density)."""
+    return ((points.min(0) + points.max(0)) / 2).astype(np.float32)
+
+
+def stride_subsample(n: int, m: int) -> np.ndarray:
+    """Indices of ``min(n, m)`` points evenly spread over ``range(n)``: (m,) int64.
+
+    A cheap deterministic thinning applied before FPS on very large frames; on a sensor's organised cloud it is a
+    uniform grid subsample.
+    """
+    if n <= m:
+        return np.arange(n, dtype=np.int64)
+    return (np.arange(m, dtype=np.int64) * n) // m
+
+
+def farthest_point_sample(points: np.ndarray, m: int, start: int = 0) -> np.ndarray:
+    """Exact farthest point sampling. (N, 3) -> (m,) int64 indices, the first being ``start``.
+
+    Distances are squared euclidean in float32; a tie picks the highest index (as fpsample does, and the CUDA
+    kernel). Requires m <= N.
+    """
+    n = len(points)
+    if not 1 <= m <= n:
+        raise ValueError(f"farthest_point_sample: cannot pick {m} of {n} points")
+    pts = np.ascontiguousarray(points, dtype=np.float32)
+    if fpsample is not None:
+        return fpsample.fps_sampling(pts, m, start_idx=int(start)).astype(np.int64)
+    return farthest_point_sample_reference(pts, m, start)
+
+
+def farthest_point_sample_reference(points: np.ndarray, m: int, start: int = 0) -> np.ndarray:
+    """The definition of :func:`farthest_point_sample` as a plain numpy loop. (N, 3) -> (m,) int64."""
+    pts = np.ascontiguousarray(points, dtype=np.float32)
+    idx = np.empty(m, dtype=np.int64)
+    idx[0] = start
+    dist = np.full(len(pts), np.inf, dtype=np.float32)
+    for j in range(1, m):
+        diff = pts - pts[idx[j - 1]]
+        dist = np.minimum(dist, (diff * diff).sum(1))
+        idx[j] = len(pts) - 1 - int(np.argmax(dist[::-1]))  # ties -> highest index
+    return idx
+
+
+def knn(query: np.ndarray, ref: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours of each query point in ``ref``.
+
+    (M, 3), (N, 3) -> distances (M, k) float32 (euclidean, ascending), indices (M, k) int64. Requires k <= N.
+    """
+    if not 1 <= k <= len(ref):
+        raise ValueError(f"knn: cannot find {k} neighbours among {len(ref)} points")
+    tree = KDTree(np.ascontiguousarray(ref, dtype=np.float32))
+    dist, idx = tree.query(np.ascontiguousarray(query, dtype=np.float32), k=k)
+    dist, idx = dist.reshape(len(query), k), idx.reshape(len(query), k)
+    return dist.astype(np.float32), idx.astype(np.int64)
+
+
+def group(points: np.ndarray, centers: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """KNN patches around each centre, relative to it.
+
+    (N, 3), (G, 3) -> patches (G, k, 3) float32 (neighbour minus centre), neighbour indices (G, k) int64.
+    """
+    _, idx = knn(centers, points, k)
+    patches = points[idx] - centers[:, None, :]
+    return patches.astype(np.float32), idx
+
+
+def nearest_distance(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Distance from each query point to its nearest point in ``ref``. (M, 3), (N, 3) -> (M,) float32."""
+    return knn(query, ref, 1)[0][:, 0]

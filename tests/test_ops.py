@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from edgead import ops
+
+
+def cloud(n, seed=0):
+    return (np.random.default_rng(seed).random((n, 3)) * 100).astype(np.float32)
+
+
+def test_fps_matches_reference_and_is_deterministic():
+    pts = cloud(5000)
+    pts[100] = pts[200]  # a duplicate point: ties must resolve the same way in both
+    for start in (0, 17):
+        fast = ops.farthest_point_sample(pts, 128, start)
+        assert fast[0] == start
+        np.testing.assert_array_equal(fast, ops.farthest_point_sample_reference(pts, 128, start))
+        np.testing.assert_array_equal(fast, ops.farthest_point_sample(pts, 128, start))
+    assert len(np.unique(fast)) == 128
+
+
+def test_fps_spreads_points():
+    pts = cloud(4000)
+    idx = ops.farthest_point_sample(pts, 64)
+    rand = np.random.default_rng(1).choice(len(pts), 64, replace=False)
+    cover = lambda i: ops.nearest_distance(pts, pts[i]).max()  # noqa: E731
+    assert cover(idx) < cover(rand)
+
+
+def test_fps_rejects_too_many():
+    with pytest.raises(ValueError, match="cannot pick"):
+        ops.farthest_point_sample(cloud(10), 11)
+
+
+def test_knn_and_group_against_brute_force():
+    pts, q = cloud(3000), cloud(50, seed=1)
+    d, i = ops.knn(q, pts, 8)
+    brute = np.linalg.norm(q[:, None] - pts[None], axis=2)
+    np.testing.assert_array_equal(i, np.argsort(brute, axis=1, kind="stable")[:, :8])
+    np.testing.assert_allclose(d, np.sort(brute, axis=1)[:, :8], rtol=1e-5)
+    patches, gi = ops.group(pts, q, 8)
+    assert patches.shape == (50, 8, 3) and patches.dtype == np.float32
+    np.testing.assert_allclose(patches, pts[gi] - q[:, None], atol=1e-5)
+
+
+def test_normalization_roundtrip_and_scale():
+    pts = cloud(1000) + np.float32(5000)
+    norm = ops.Normalization.fit([pts])
+    c = ops.bbox_center(pts)
+    unit = norm.apply(pts, c)
+    assert abs(np.linalg.norm(unit, axis=1).max() - 1) < 1e-5
+    np.testing.assert_allclose(norm.invert(unit, c), pts, atol=1e-2)
+
+
+def test_stride_subsample():
+    np.testing.assert_array_equal(ops.stride_subsample(5, 10), np.arange(5))
+    idx = ops.stride_subsample(1000, 100)
+    assert len(idx) == 100 and idx[0] == 0 and np.all(np.diff(idx) == 10)
