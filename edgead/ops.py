@@ -117,3 +117,37 @@ def group(points: np.ndarray, centers: np.ndarray, k: int) -> tuple[np.ndarray, 
 def nearest_distance(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Distance from each query point to its nearest point in ``ref``. (M, 3), (N, 3) -> (M,) float32."""
     return knn(query, ref, 1)[0][:, 0]
+
+
+def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares rigid motion mapping paired points ``src`` onto ``dst``. (M, 3), (M, 3) -> R (3, 3), t (3,)."""
+    cs, cd = src.mean(0), dst.mean(0)
+    u, _, vt = np.linalg.svd((src - cs).T.astype(np.float64) @ (dst - cd).astype(np.float64))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return r.astype(np.float32), (cd - r @ cs).astype(np.float32)
+
+
+def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: float = 0.9,
+              tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Align ``source`` to ``target`` (point-to-point ICP from bounding-box centres). (M, 3), (N, 3) -> R, t.
+
+    Matches go from source to target, so a one-sided scan (source) aligns to a full 360-degree template (target).
+    Each iteration keeps the ``trim`` fraction of closest pairs so that defects and clutter do not pull the fit.
+    Apply as ``source @ R.T + t``.
+    """
+    tree = KDTree(np.ascontiguousarray(target, dtype=np.float32))
+    r = np.eye(3, dtype=np.float32)
+    t = (bbox_center(target) - bbox_center(source)).astype(np.float32)
+    prev = np.inf
+    for _ in range(iters):
+        moved = (source @ r.T + t).astype(np.float32)
+        dist, idx = tree.query(moved, k=1)
+        keep = dist <= np.quantile(dist, trim)
+        dr, dt = kabsch(moved[keep], target[idx[keep]])
+        r, t = dr @ r, dr @ t + dt
+        err = float(np.mean(dist[keep] ** 2))
+        if prev - err < tol * max(prev, 1e-12):
+            break
+        prev = err
+    return r.astype(np.float32), t.astype(np.float32)

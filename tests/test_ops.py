@@ -56,3 +56,34 @@ def test_stride_subsample():
     np.testing.assert_array_equal(ops.stride_subsample(5, 10), np.arange(5))
     idx = ops.stride_subsample(1000, 100)
     assert len(idx) == 100 and idx[0] == 0 and np.all(np.diff(idx) == 10)
+
+
+def rotation(deg, axis=2):
+    a = np.deg2rad(deg)
+    c, s = np.cos(a), np.sin(a)
+    m = np.eye(3)
+    i, j = [k for k in range(3) if k != axis]
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m.astype(np.float32)
+
+
+def test_kabsch_recovers_motion():
+    src = cloud(200)
+    r, t = rotation(30, 0) @ rotation(20), np.array([5, -3, 8], np.float32)
+    est_r, est_t = ops.kabsch(src, src @ r.T + t)
+    np.testing.assert_allclose(est_r, r, atol=1e-4)
+    np.testing.assert_allclose(est_t, t, atol=1e-2)
+
+
+def test_icp_aligns_partial_view_to_full_template():
+    rng = np.random.default_rng(0)
+    # an asymmetric part: an ellipsoid surface with a bump, in millimetres far from the origin
+    v = rng.normal(size=(20000, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    full = (v * [40, 25, 15] + 10 * np.exp(-((v[:, 0] - 0.7) ** 2) * 20)[:, None] * v).astype(np.float32)
+    partial = full[full[:, 2] > -2]  # one-sided view
+    r, t = rotation(8), np.array([300, -120, 900], np.float32)
+    moved = partial @ r.T + t
+    est_r, est_t = ops.rigid_icp(moved, full)
+    aligned = moved @ est_r.T + est_t
+    assert np.abs(aligned - partial).max() < 0.5  # mm
