@@ -128,13 +128,37 @@ def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r.astype(np.float32), (cd - r @ cs).astype(np.float32)
 
 
+def estimate_normals(points: np.ndarray, k: int = 16) -> np.ndarray:
+    """Unit surface normals (sign arbitrary) from the PCA of each point's k-neighbourhood. (N, 3) -> (N, 3) float32."""
+    _, idx = knn(points, points, min(k, len(points)))
+    nb = points[idx].astype(np.float64)
+    nb -= nb.mean(1, keepdims=True)
+    _, vecs = np.linalg.eigh(np.einsum("nki,nkj->nij", nb, nb))
+    return vecs[:, :, 0].astype(np.float32)  # eigenvector of the smallest eigenvalue
+
+
+def plane_step(src: np.ndarray, dst: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One linearised point-to-plane step: the small rigid motion moving ``src`` onto the tangent planes
+    (``dst``, ``normals``). (M, 3) x3 -> R (3, 3), t (3,). Solved about the centroid of ``src`` for conditioning."""
+    c = src.mean(0, dtype=np.float64)
+    p, q, n = src - c, dst - c, normals.astype(np.float64)
+    a = np.concatenate([np.cross(p, n), n], axis=1)  # (M, 6): d(residual)/d(omega, v)
+    b = ((q - p) * n).sum(1)
+    x = np.linalg.lstsq(a, b, rcond=None)[0]
+    angle = np.linalg.norm(x[:3])
+    k = np.array([[0, -x[2], x[1]], [x[2], 0, -x[0]], [-x[1], x[0], 0]]) / max(angle, 1e-12)
+    r = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k  # Rodrigues: an exact rotation
+    return r.astype(np.float32), (c + x[3:] - r @ c).astype(np.float32)
+
+
 def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: float = 0.9,
-              tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """Align ``source`` to ``target`` (point-to-point ICP from bounding-box centres). (M, 3), (N, 3) -> R, t.
+              tol: float = 1e-6, normals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Align ``source`` to ``target`` (ICP from bounding-box centres). (M, 3), (N, 3) -> R, t.
 
     Matches go from source to target, so a one-sided scan (source) aligns to a full 360-degree template (target).
     Each iteration keeps the ``trim`` fraction of closest pairs so that defects and clutter do not pull the fit.
-    Apply as ``source @ R.T + t``.
+    Point-to-point by default; with the target's ``normals`` (N, 3) point-to-plane, which does not creep along
+    smooth surfaces and converges in a few iterations. Apply as ``source @ R.T + t``.
     """
     tree = KDTree(np.ascontiguousarray(target, dtype=np.float32))
     r = np.eye(3, dtype=np.float32)
@@ -144,7 +168,10 @@ def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: flo
         moved = (source @ r.T + t).astype(np.float32)
         dist, idx = tree.query(moved, k=1)
         keep = dist <= np.quantile(dist, trim)
-        dr, dt = kabsch(moved[keep], target[idx[keep]])
+        if normals is None:
+            dr, dt = kabsch(moved[keep], target[idx[keep]])
+        else:
+            dr, dt = plane_step(moved[keep], target[idx[keep]], normals[idx[keep]])
         r, t = dr @ r, dr @ t + dt
         err = float(np.mean(dist[keep] ** 2))
         if prev - err < tol * max(prev, 1e-12):

@@ -87,3 +87,23 @@ def test_icp_aligns_partial_view_to_full_template():
     est_r, est_t = ops.rigid_icp(moved, full)
     aligned = moved @ est_r.T + est_t
     assert np.abs(aligned - partial).max() < 0.5  # mm
+
+
+def test_estimate_normals_on_a_sphere():
+    v = np.random.default_rng(0).normal(size=(5000, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    n = ops.estimate_normals((v * 50).astype(np.float32))
+    assert np.median(np.abs((n * v).sum(1))) > 0.999  # radial, up to sign
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1, atol=1e-5)
+
+
+def test_point_to_plane_icp_converges_in_few_iterations():
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(20000, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    full = (v * [40, 25, 15]).astype(np.float32)  # a smooth ellipsoid: point-to-point ICP creeps along it
+    partial = full[full[:, 2] > -2]
+    r, t = rotation(4, 1) @ rotation(6), np.array([300, -120, 900], np.float32)
+    moved = partial @ r.T + t
+    est_r, est_t = ops.rigid_icp(moved, full, iters=10, normals=ops.estimate_normals(full))
+    assert np.abs(moved @ est_r.T + est_t - partial).max() < 0.05  # mm

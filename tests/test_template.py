@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pytest
+
+from edgead import EdgeDetector, ops
+from edgead.detectors import template
+
+AXES = np.array([40.0, 25.0, 15.0])  # an ellipsoidal part (mm): no symmetry that small pose changes could flip
+
+
+def rotation(rng, deg):
+    """A random rotation of about ``deg`` degrees (Rodrigues)."""
+    w = np.deg2rad(deg) * rng.normal(size=3) / np.sqrt(3)
+    a = np.linalg.norm(w)
+    k = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]]) / a
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
+def part_scan(n, seed, *, bulge=0.0, one_sided=False, offset=(800.0, -250.0, 400.0), deg=3.0):
+    """A noisy scan of the part at a random small pose: (n', 3) float32 points, (n',) uint8 labels.
+
+    ``bulge`` (mm) pushes a 6 mm patch outwards along the normal; its points are labelled 1.
+    """
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(2 * n, 3))
+    p = d / np.linalg.norm(d, axis=1, keepdims=True) * AXES
+    p = p[p[:, 2] > -4][:n] if one_sided else p[:n]
+    labels = np.zeros(len(p), np.uint8)
+    if bulge:
+        normal = p / AXES**2
+        normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+        r = np.linalg.norm(p - [0, 0, AXES[2]], axis=1)  # patch on the top, visible in one-sided views
+        near = r < 6
+        p[near] += normal[near] * (bulge * (1 - r[near] / 6))[:, None]
+        labels[near] = 1
+    r, t = pose(seed, deg, offset)
+    return ((p + rng.normal(scale=0.05, size=p.shape)) @ r.T + t).astype(np.float32), labels
+
+
+def pose(seed, deg=3.0, offset=(800.0, -250.0, 400.0)):
+    """The scan's pose: a rotation of about ``deg`` degrees and an offset jittered by ~5 mm. -> R (3, 3), t (3,)."""
+    rng = np.random.default_rng([seed, 1])
+    return rotation(rng, deg), np.asarray(offset) + rng.normal(scale=5, size=3)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("template_run")
+    template.train([part_scan(20000, s)[0] for s in range(3)], out)
+    return out
+
+
+def test_run_dir_loads_and_roundtrips(run_dir):
+    doc = json.loads((run_dir / "model.json").read_text())
+    assert doc["pipeline"]["kind"] == "template" and doc["name"] == "template" and len(doc["model_hash"]) == 16
+    det = EdgeDetector.load(run_dir)
+    assert det.runner is None and det.backend == "numpy" and det.model_hash == doc["model_hash"]
+    ref = det.pipeline.reference
+    assert ref.dtype == np.float32 and ref.shape[1] == 3 and len(ref) <= template.TemplateConfig.max_reference
+    meta, arrays = det.pipeline.state()
+    again = template.Pipeline.from_state(json.loads(json.dumps(meta)), arrays)
+    np.testing.assert_array_equal(again.reference, ref)
+    assert again.config == det.pipeline.config
+
+
+def test_reference_is_the_aligned_union(run_dir):
+    """The training poses differ by ~3 degrees and ~5 mm; merged unaligned they would smear by millimetres."""
+    ref = EdgeDetector.load(run_dir).pipeline.reference
+    r, t = pose(0)  # the first scan's pose: the reference's frame
+    d = np.random.default_rng(9).normal(size=(400000, 3))
+    surface = d / np.linalg.norm(d, axis=1, keepdims=True) * AXES
+    err = ops.nearest_distance((ref - t) @ r, surface)
+    assert np.percentile(err, 99) < 0.2
+    unaligned = np.concatenate([part_scan(20000, s)[0] for s in range(3)])
+    assert np.percentile(ops.nearest_distance((unaligned - t) @ r, surface), 99) > 1.0
+
+
+def test_scores_are_distances_in_mm_and_find_the_defect(run_dir):
+    det = EdgeDetector.load(run_dir)
+    good = [det.detect(part_scan(30000, 100 + s, one_sided=s % 2 == 1)[0]) for s in range(4)]
+    assert max(r.score for r in good) < 0.8  # noise + reference spacing only
+    for s, one_sided in ((200, False), (201, True)):
+        pts, labels = part_scan(30000, s, bulge=2.0, one_sided=one_sided)
+        res = det.detect(pts)
+        assert res.score > 1.5  # the 2 mm bulge, measured in mm
+        assert res.score > max(r.score for r in good)
+        assert int(np.argmax(res.point_scores)) in set(np.flatnonzero(labels))
+        assert np.median(res.point_scores[labels == 0]) < 0.25
+
+
+def test_alignment_undoes_pose_and_offset(run_dir):
+    det = EdgeDetector.load(run_dir)
+    pts, _ = part_scan(30000, 7, one_sided=True, offset=(-3000.0, 1200.0, 50.0), deg=6.0)
+    r, t = det.pipeline.align(pts)
+    d = ops.nearest_distance(pts @ r.T + t, det.pipeline.reference)
+    assert np.median(d) < 0.2
+
+
+def test_voxel_thin_bounds_size_and_averages():
+    pts = part_scan(50000, 3)[0]
+    thin = template.voxel_thin(pts, 5000)
+    assert 2500 < len(thin) <= 5000 and thin.dtype == np.float32
+    assert ops.nearest_distance(thin, pts).max() < 2.0  # voxel means stay on the surface
+    np.testing.assert_array_equal(template.voxel_thin(pts[:100], 5000), pts[:100])
+
+
+def test_bad_training_input(tmp_path):
+    with pytest.raises(ValueError, match="no training clouds"):
+        template.train([], tmp_path)
+    with pytest.raises(ValueError, match="training cloud 1 has 5 finite points"):
+        template.train([part_scan(2000, 0)[0], part_scan(5, 1)[0]], tmp_path)
+    with pytest.raises(ValueError, match="'reference' and 'normals'"):
+        template.Pipeline.from_state({"kind": "template"}, {"reference": np.zeros((100, 3), np.float32)})
