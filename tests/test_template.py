@@ -71,7 +71,7 @@ def test_reference_is_the_aligned_union(run_dir):
     d = np.random.default_rng(9).normal(size=(400000, 3))
     surface = d / np.linalg.norm(d, axis=1, keepdims=True) * AXES
     err = ops.nearest_distance((ref - t) @ r, surface)
-    assert np.percentile(err, 99) < 0.2
+    assert np.percentile(err, 99) < 0.3  # sensor noise (sigma 0.05) + the spacing of the surface sample
     unaligned = np.concatenate([part_scan(20000, s)[0] for s in range(3)])
     assert np.percentile(ops.nearest_distance((unaligned - t) @ r, surface), 99) > 1.0
 
