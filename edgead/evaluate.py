@@ -1,0 +1,225 @@
+"""``edgead eval MODEL --data DIR``: anomaly-detection metrics and per-stage timing on test categories.
+
+Per category (the Real3D-AD protocol): O-AUROC and O-AUPR rank the test scans by object score (label: defective);
+P-AUROC and P-AUPR rank every point of every test scan of the category, pooled. Points the detector dropped (NaN
+score) are left out. The mean is over the categories where a metric is defined (both classes present).
+Timing is the median and 95th percentile of each stage of ``DetectionResult.timings_ms`` over all frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgead import metrics
+
+METRICS = ("o_auroc", "o_aupr", "p_auroc", "p_aupr")
+STAGES = ("preprocess", "network", "postprocess", "total")
+
+
+@dataclass
+class Shown:
+    """One scan kept for the heat-map plot."""
+
+    name: str
+    points: np.ndarray  # (N, 3)
+    scores: np.ndarray  # (N,) float32, NaN for dropped points
+    labels: np.ndarray  # (N,) uint8
+    score: float
+
+
+@dataclass
+class CategoryRun:
+    """Everything measured on one category: per-scan results and the pooled point scores."""
+
+    name: str
+    samples: list[dict] = field(default_factory=list)  # name, label, score, n_points, n_dropped, timings_ms
+    point_scores: list[np.ndarray] = field(default_factory=list)
+    point_labels: list[np.ndarray] = field(default_factory=list)
+    shown: dict[int, Shown] = field(default_factory=dict)  # label -> highest-scoring scan of that label
+
+    def object_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """-> labels (S,) int, object scores (S,) float."""
+        return (np.array([s["label"] for s in self.samples], dtype=np.int64),
+                np.array([s["score"] for s in self.samples], dtype=np.float64))
+
+    def point_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled over the category with dropped (NaN) points removed. -> labels (P,) uint8, scores (P,) float32."""
+        labels, scores = np.concatenate(self.point_labels), np.concatenate(self.point_scores)
+        keep = np.isfinite(scores)
+        return labels[keep], scores[keep]
+
+
+def run_category(detector, name: str, samples) -> CategoryRun:
+    """Detect every test sample (``TestSample``-like: name, points, labels, label) of one category."""
+    run = CategoryRun(name)
+    for s in samples:
+        res = detector.detect(s.points)
+        labels = np.asarray(s.labels, dtype=np.uint8)
+        if labels.shape != res.point_scores.shape:
+            raise ValueError(f"{name}/{s.name}: {len(labels)} point labels for {len(res.point_scores)} points")
+        run.samples.append({"name": s.name, "label": int(s.label), "score": res.score, "n_points": len(s.points),
+                            "n_dropped": res.n_dropped, "timings_ms": res.timings_ms})
+        run.point_scores.append(res.point_scores)
+        run.point_labels.append(labels)
+        best = run.shown.get(int(s.label))
+        if best is None or res.score > best.score:
+            run.shown[int(s.label)] = Shown(s.name, s.points, res.point_scores, labels, res.score)
+    return run
+
+
+def _metric(fn, labels, scores) -> float | None:
+    """A metric, or None where it is undefined (a single class)."""
+    try:
+        return fn(labels, scores)
+    except ValueError:
+        return None
+
+
+def category_report(run: CategoryRun) -> dict:
+    y, s = run.object_arrays()
+    py, ps = run.point_arrays()
+    total = [x["timings_ms"]["total"] for x in run.samples]
+    return {
+        "o_auroc": _metric(metrics.roc_auc, y, s), "o_aupr": _metric(metrics.average_precision, y, s),
+        "p_auroc": _metric(metrics.roc_auc, py, ps), "p_aupr": _metric(metrics.average_precision, py, ps),
+        "n_good": int((y == 0).sum()), "n_defective": int((y == 1).sum()),
+        "points_per_frame": float(np.mean([x["n_points"] for x in run.samples])),
+        "total_ms_median": float(np.median(total)),
+        "samples": run.samples,
+    }
+
+
+def report(detector, runs: list[CategoryRun], data_dir) -> dict:
+    """The whole evaluation as a JSON-able dict: per category, mean over categories, timing."""
+    cats = {r.name: category_report(r) for r in runs}
+    mean = {}
+    for m in METRICS:
+        vals = [c[m] for c in cats.values() if c[m] is not None]
+        mean[m] = float(np.mean(vals)) if vals else None
+    frames = [x for r in runs for x in r.samples]
+    timing = {st: {"median": float(np.median(v)), "p95": float(np.percentile(v, 95))}
+              for st in STAGES if (v := [x["timings_ms"][st] for x in frames if st in x["timings_ms"]])}
+    return {
+        "model": {"name": detector.name, "backend": detector.backend, "model_hash": detector.model_hash},
+        "data": str(data_dir), "categories": cats, "mean": mean, "timing_ms": timing,
+        "points_per_frame": float(np.mean([x["n_points"] for x in frames])), "n_frames": len(frames),
+    }
+
+
+def run_all(detector, data_dir) -> list[CategoryRun]:
+    """Every category under ``data_dir`` (a category directory or a root of categories)."""
+    from edgead.data import find_categories, load_test
+
+    cats = find_categories(Path(data_dir))
+    if not cats:
+        raise ValueError(f"{data_dir}: no test categories found")
+    return [run_category(detector, Path(c).name, load_test(c)) for c in cats]
+
+
+def evaluate(detector, data_dir) -> dict:
+    """Evaluate a loaded detector (``EdgeDetector``) on a category directory or a root of categories."""
+    return report(detector, run_all(detector, data_dir), data_dir)
+
+
+def _fmt(x) -> str:
+    return "    -" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def format_table(rep: dict) -> str:
+    head = f"{'category':<20} {'O-AUROC':>7} {'O-AUPR':>7} {'P-AUROC':>7} {'P-AUPR':>7} {'good':>5} {'bad':>5} " \
+           f"{'pts/frame':>10} {'ms/frame':>9}"
+    lines = [head, "-" * len(head)]
+    for name, c in rep["categories"].items():
+        lines.append(f"{name[:20]:<20} " + " ".join(f"{_fmt(c[m]):>7}" for m in METRICS)
+                     + f" {c['n_good']:>5} {c['n_defective']:>5} {c['points_per_frame']:>10.0f} "
+                     f"{c['total_ms_median']:>9.1f}")
+    lines += ["-" * len(head), f"{'mean':<20} " + " ".join(f"{_fmt(rep['mean'][m]):>7}" for m in METRICS), ""]
+    lines.append("timing (ms per frame): " + ", ".join(f"{st} {t['median']:.1f} median / {t['p95']:.1f} p95"
+                                                       for st, t in rep["timing_ms"].items()))
+    m = rep["model"]
+    lines.append(f"model {m['name']} ({m['backend']}, {m['model_hash']}), {rep['n_frames']} frames, "
+                 f"{rep['points_per_frame']:.0f} points/frame")
+    return "\n".join(lines)
+
+
+def _thin_curve(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.unique(np.linspace(0, len(x) - 1, n).astype(np.int64))
+    return x[idx], y[idx]
+
+
+def plot(runs: list[CategoryRun], rep: dict, path: Path, max_categories: int = 3, max_points: int = 40_000) -> None:
+    """ROC curves (object, point) for every category, and heat maps (two views) of the highest-scoring defective
+    and the highest-scoring good scan (the likeliest false alarm) of the first ``max_categories`` categories."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in runs if r.shown][:max_categories]
+    fig = plt.figure(figsize=(18, 5 + 4.2 * len(shown)))
+    grid = fig.add_gridspec(1 + len(shown), 4, height_ratios=[1.2] + [1] * len(shown))
+    for col, (kind, arrays) in enumerate((("object", CategoryRun.object_arrays), ("point", CategoryRun.point_arrays))):
+        ax = fig.add_subplot(grid[0, 2 * col:2 * col + 2])
+        for r in runs:
+            y, s = arrays(r)
+            auc = rep["categories"][r.name][f"{kind[0]}_auroc"]
+            if auc is None:
+                continue
+            fpr, tpr, _ = metrics.roc_curve(y, s)
+            ax.plot(*_thin_curve(fpr, tpr), label=f"{r.name} ({auc:.3f})", lw=1.2)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        ax.set(title=f"{kind}-level ROC (AUROC)", xlabel="false positive rate", ylabel="true positive rate",
+               xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(fontsize=7, loc="lower right")
+    for row, r in enumerate(shown, start=1):
+        scans = [(k, r.shown[k]) for k in (1, 0) if k in r.shown]
+        vmax = max(float(np.nanmax(sc.scores)) for _, sc in scans)  # one colour scale per row: compare the two
+        for j, (k, sc) in enumerate(scans):
+            keep = np.flatnonzero(np.isfinite(sc.scores))
+            keep = keep[np.linspace(0, len(keep) - 1, min(len(keep), max_points)).astype(np.int64)]
+            keep = keep[np.argsort(sc.scores[keep], kind="stable")]  # high scores drawn last, on top
+            p, s = sc.points[keep], sc.scores[keep]
+            for v, (a, b) in enumerate(((0, 1), (0, 2))):
+                ax = fig.add_subplot(grid[row, 2 * j + v])
+                im = ax.scatter(p[:, a], p[:, b], c=s, s=0.5, cmap="turbo", vmin=0, vmax=vmax, rasterized=True)
+                ax.set_aspect("equal")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                what = "defective" if k else "good"
+                ax.set_title(f"{r.name}/{sc.name} ({what}) score {sc.score:.3g}, view {'xyz'[a]}{'xyz'[b]}", fontsize=8)
+        fig.colorbar(im, ax=fig.axes[-2 * len(scans):], shrink=0.8, label="point score")
+    m = rep["model"]
+    fig.suptitle(f"{m['name']} ({m['backend']}) on {rep['data']}: mean O-AUROC {_fmt(rep['mean']['o_auroc'])}, "
+                 f"P-AUROC {_fmt(rep['mean']['p_auroc'])}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="run directory, .onnx or .plan engine (anything EdgeDetector.load takes)")
+    p.add_argument("--data", required=True, type=Path, help="category directory or a root of category directories")
+    p.add_argument("--json", type=Path, help="write the full report (metrics, per-scan scores, timing) here")
+    p.add_argument("--plot", type=Path, help="write ROC curves and score heat maps to this PNG")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def main(args: argparse.Namespace) -> int:
+    from edgead import EdgeDetector
+
+    detector = EdgeDetector.load(args.model, device=args.device)
+    runs = run_all(detector, args.data)
+    rep = report(detector, runs, args.data)
+    print(format_table(rep))
+    if args.json:
+        args.json.write_text(json.dumps(rep, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(runs, rep, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

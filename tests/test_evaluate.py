@@ -1,0 +1,84 @@
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from test_template import part_scan
+
+from edgead import EdgeDetector, evaluate, metrics
+from edgead.detectors import template
+
+
+@dataclass
+class Sample:  # the fields of edgead.data.TestSample that evaluation reads
+    name: str
+    points: np.ndarray
+    labels: np.ndarray
+    label: int
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_run")
+    template.train([part_scan(15000, s)[0] for s in range(3)], out)
+    return EdgeDetector.load(out)
+
+
+def samples(n_good, n_bad, seed=0, n=6000):
+    out = []
+    for i in range(n_good + n_bad):
+        bad = i >= n_good
+        pts, lab = part_scan(n, 1000 * seed + 50 + i, bulge=2.0 if bad else 0.0, one_sided=i % 2 == 1)
+        out.append(Sample(f"{'bad' if bad else 'good'}_{i}", pts, lab, int(bad)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(detector):
+    cat_a = samples(3, 3)
+    nan_rows = [0, 5, 17]
+    cat_a[4].points = cat_a[4].points.copy()
+    cat_a[4].points[nan_rows] = np.nan  # dropped by the detector: NaN scores, left out of the point metrics
+    only_good = samples(2, 0, seed=1)
+    return [evaluate.run_category(detector, "ellipsoid", cat_a),
+            evaluate.run_category(detector, "good_only", only_good)]
+
+
+def test_report_metrics_timing_and_nan_points(detector, runs):
+    rep = evaluate.report(detector, runs, "somewhere")
+    json.dumps(rep)  # JSON-able as it stands
+    a = rep["categories"]["ellipsoid"]
+    assert a["n_good"] == 3 and a["n_defective"] == 3 and len(a["samples"]) == 6
+    assert a["o_auroc"] == 1.0 and a["o_aupr"] == 1.0  # a 2 mm bulge against 0.05 mm noise
+    assert a["p_auroc"] > 0.85 and a["p_aupr"] > 0.3  # the bulge tapers to nothing at the edge of its label
+    # pooled over the category's points (not averaged per scan), NaN rows left out
+    py, ps = runs[0].point_arrays()
+    assert len(py) == sum(len(s.points) for s in samples(3, 3)) - 3 and np.isfinite(ps).all()
+    assert a["p_auroc"] == pytest.approx(metrics.roc_auc(py, ps))
+    assert a["samples"][4]["n_dropped"] == 3
+    # a category with one class: undefined metrics are None and the mean skips them
+    g = rep["categories"]["good_only"]
+    assert all(g[m] is None for m in evaluate.METRICS)
+    assert rep["mean"] == {m: a[m] for m in evaluate.METRICS}
+    sizes = [len(s.points) for s in samples(3, 3)] + [6000, 6000]
+    assert rep["n_frames"] == 8 and rep["points_per_frame"] == pytest.approx(np.mean(sizes))
+    for st in evaluate.STAGES:
+        t = rep["timing_ms"][st]
+        assert 0 <= t["median"] <= t["p95"]
+    table = evaluate.format_table(rep)
+    assert "ellipsoid" in table and "good_only" in table and "mean" in table and "    -" in table
+
+
+def test_label_count_mismatch_is_a_clear_error(detector):
+    s = samples(1, 0)[0]
+    s.labels = s.labels[:-1]
+    with pytest.raises(ValueError, match="point labels for"):
+        evaluate.run_category(detector, "x", [s])
+
+
+def test_plot_writes_png(detector, runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    rep = evaluate.report(detector, runs, "somewhere")
+    out = tmp_path / "eval.png"
+    evaluate.plot(runs, rep, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
