@@ -1,0 +1,185 @@
+"""R3D-AD networks: PointNet shape encoder, PointwiseNet denoiser, DDPM with step-wise displacement decoding.
+
+What the reverse diffusion starts from. The paper masks the *input* with the forward process (eq. 2, Fig. 2:
+"P_a^(T)", "masked points ... are the inputs of the SWD decoder"; Algorithm 3: "noise is progressively removed from
+a simulated noisy version of the cloud"), so decoding starts from x_T = sqrt(abar_T) P' + sqrt(1 - abar_T) z, not
+from pure N(0, I) noise. The Gaussian "Delta^(T) ~ N(0, I)" of Algorithm 3 is that masking noise z. Every reverse
+step then adds a point-wise displacement Delta^(t) = x_(t-1) - x_t (eq. 6, P_r^(t) = P_r^(t+1) + Delta^(t)), so
+point i of the reconstruction descends from input point i; the total displacement is recon - P'. Starting from the
+masked input (abar_200 = 0.132 with the linear 1e-4..0.02 schedule, so the input survives with weight 0.36) is
+what makes the reconstruction aligned with the input, which the distance scores need.
+
+Training (Algorithm 2, "relative"): x_t is the noised *anomalous* cloud P_a (Patch-Gen), the network predicts the
+noise, and the loss compares the implied one-step reconstruction x0_hat = P_a + Delta with the *clean* cloud P', so
+the predicted noise carries the displacement that removes the defect (eq. 9).
+
+Samplers: ``sample_ddpm`` is the paper's stochastic 200-step reverse process (eq. 6, posterior variance);
+``sample_ddim`` is the deterministic DDIM (eta = 0) update on a subsequence of the T steps, started from a fixed
+noise tensor. ``inference_graph`` unrolls the latter for export: no random op and no data-dependent control flow.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgead.detectors.r3dad import R3DADConfig
+from edgead.losses import paired_mse
+
+
+class PointNetEncoder(nn.Module):
+    """PointNet: shared per-point MLP, max-pool, MLP head. (B, N, 3) -> (B, latent) shape embedding c."""
+
+    def __init__(self, widths: tuple[int, ...], latent: int):
+        super().__init__()
+        layers, c_in = [], 3
+        for w in widths:
+            layers += [nn.Conv1d(c_in, w, 1), nn.BatchNorm1d(w), nn.ReLU()]
+            c_in = w
+        self.mlp = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(c_in, c_in // 2), nn.ReLU(), nn.Linear(c_in // 2, latent))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mlp(x.transpose(1, 2)).max(dim=2).values)
+
+
+class ConcatSquashLinear(nn.Module):
+    """Linear layer whose output is gated and shifted by the context: W x * sigmoid(G ctx) + B ctx."""
+
+    def __init__(self, d_in: int, d_out: int, d_ctx: int):
+        super().__init__()
+        self.layer = nn.Linear(d_in, d_out)
+        self.gate = nn.Linear(d_ctx, d_out)
+        self.bias = nn.Linear(d_ctx, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """(B, N, d_in), (B, 1, d_ctx) -> (B, N, d_out)."""
+        return self.layer(x) * torch.sigmoid(self.gate(ctx)) + self.bias(ctx)
+
+
+class PointwiseNet(nn.Module):
+    """epsilon_theta(x_t, beta_t, c): per-point concatenate-squash MLP with a residual connection.
+
+    Context = (beta, sin beta, cos beta) concatenated with c (section 3.3).
+    """
+
+    def __init__(self, hidden: tuple[int, ...], latent: int):
+        super().__init__()
+        dims = (3, *hidden, 3)
+        pairs = zip(dims[:-1], dims[1:], strict=True)
+        self.layers = nn.ModuleList(ConcatSquashLinear(a, b, latent + 3) for a, b in pairs)
+
+    def forward(self, x: torch.Tensor, beta: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3), (B,), (B, latent) -> (B, N, 3) predicted noise."""
+        beta = beta.view(-1, 1)
+        ctx = torch.cat([beta, torch.sin(beta), torch.cos(beta), c], dim=1).unsqueeze(1)
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = layer(h, ctx)
+            if i < len(self.layers) - 1:
+                h = F.leaky_relu(h)
+        return x + h
+
+
+def ddpm_schedule(num_steps: int, beta_1: float, beta_T: float) -> dict[str, torch.Tensor]:
+    """Linear betas; index 0 is the clean state (beta_0 = 0, abar_0 = 1). Each tensor (T + 1,) float32.
+
+    sigma is the DDPM posterior standard deviation sqrt(beta_t (1 - abar_(t-1)) / (1 - abar_t)).
+    """
+    betas = torch.linspace(beta_1, beta_T, num_steps, dtype=torch.float64)
+    betas = torch.cat([torch.zeros(1, dtype=torch.float64), betas])
+    alphas = 1 - betas
+    abar = torch.cumprod(alphas, 0)
+    sigma = torch.zeros_like(betas)
+    sigma[1:] = (betas[1:] * (1 - abar[:-1]) / (1 - abar[1:])).sqrt()
+    return {k: v.float() for k, v in dict(betas=betas, alphas=alphas, abar=abar, sigma=sigma).items()}
+
+
+def ddim_timesteps(num_steps: int, sample_steps: int) -> list[int]:
+    """The deterministic sampler's steps: ``sample_steps`` evenly spaced from T down to 1, then 0 (clean)."""
+    ts = torch.linspace(num_steps, 1, sample_steps, dtype=torch.float64).round().long().tolist()
+    return [*dict.fromkeys(ts), 0]
+
+
+class R3DAD(nn.Module):
+    def __init__(self, cfg: R3DADConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = PointNetEncoder(cfg.encoder, cfg.latent_dim)
+        self.net = PointwiseNet(cfg.hidden, cfg.latent_dim)
+        for k, v in ddpm_schedule(cfg.num_steps, cfg.beta_1, cfg.beta_T).items():
+            self.register_buffer(k, v, persistent=False)
+
+    def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Invert eq. 2 with the predicted noise. (B, N, 3), (B,) long, (B, N, 3) -> (B, N, 3)."""
+        abar = self.abar[t].view(-1, 1, 1)
+        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+    def get_loss(self, clean: torch.Tensor, anomalous: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Algorithm 2: (B, N, 3) clean P', (B, N, 3) Patch-Gen P_a^(0) -> scalar relative reconstruction loss."""
+        b = clean.shape[0]
+        if t is None:
+            t = torch.randint(1, self.cfg.num_steps + 1, (b,), device=clean.device)
+        c = self.encoder(anomalous)
+        abar = self.abar[t].view(-1, 1, 1)
+        x_t = abar.sqrt() * anomalous + (1 - abar).sqrt() * torch.randn_like(anomalous)
+        x0_hat = self.x0_from_eps(x_t, t, self.net(x_t, self.betas[t], c))  # = P_a^(0) + Delta
+        return paired_mse(clean, x0_hat)
+
+    def mask(self, points: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The starting state P^(T): the input fully masked by the forward process (eq. 2)."""
+        abar = self.abar[self.cfg.num_steps]
+        return abar.sqrt() * points + (1 - abar).sqrt() * z
+
+    def sample_ddpm(self, points: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The paper's stochastic reverse process over all T steps (eq. 6). (B, N, 3) -> (B, N, 3) reconstruction."""
+        c = self.encoder(points)
+        rand = lambda: torch.randn(points.shape, generator=generator, device=points.device)  # noqa: E731
+        x = self.mask(points, rand())
+        for t in range(self.cfg.num_steps, 0, -1):
+            tt = torch.full((points.shape[0],), t, device=points.device, dtype=torch.long)
+            eps = self.net(x, self.betas[tt], c)
+            x = (x - self.betas[t] / (1 - self.abar[t]).sqrt() * eps) / self.alphas[t].sqrt()
+            if t > 1:
+                x = x + self.sigma[t] * rand()
+        return x
+
+    def sample_ddim(self, points: torch.Tensor, z: torch.Tensor, steps: list[int]) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from the masked input with fixed noise z. (B, N, 3), (N, 3) -> (B, N, 3)."""
+        c = self.encoder(points)
+        x = self.mask(points, z)
+        for t, t_next in zip(steps[:-1], steps[1:], strict=True):
+            tt = torch.full((points.shape[0],), t, device=points.device, dtype=torch.long)
+            eps = self.net(x, self.betas[tt], c)
+            x0 = self.x0_from_eps(x, tt, eps)
+            x = self.abar[t_next].sqrt() * x0 + (1 - self.abar[t_next]).sqrt() * eps
+        return x
+
+
+def start_noise(num_points: int, seed: int) -> torch.Tensor:
+    """(M, 3) float32: the fixed masking noise of the deterministic sampler (CPU generator: same on every machine)."""
+    return torch.randn(num_points, 3, generator=torch.Generator().manual_seed(seed))
+
+
+class InferenceGraph(nn.Module):
+    """points (M, 3) -> recon (M, 3): encoder + the DDIM sampler unrolled over a fixed step list."""
+
+    input_names = ("points",)
+    output_names = ("recon",)
+
+    def __init__(self, model: R3DAD):
+        super().__init__()
+        cfg = model.cfg
+        self.model = model
+        self.steps = ddim_timesteps(cfg.num_steps, cfg.sample_steps)
+        self.register_buffer("z", start_noise(cfg.num_points, cfg.noise_seed))
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model.sample_ddim(points.unsqueeze(0), self.z, self.steps)[0],)
+
+
+def inference_graph(doc: dict, state: dict) -> nn.Module:
+    model = R3DAD(R3DADConfig(**doc["pipeline"]["config"]))
+    model.load_state_dict(state)
+    return InferenceGraph(model).eval()
