@@ -1,0 +1,120 @@
+"""DUS-Net pipeline (torch-free): alignment, normalisation, FPS + KNN grouping, and eqs. 15-17 scoring.
+
+The network (``edgead.models.dusnet``) maps fixed-size ``patches`` (G, K, 3) and ``centers`` (G, 3) to an
+anomaly-free reconstruction ``recon`` (G * gamma, 3) in the normalised frame. Everything else lives here, so every
+backend shares it. Shapes never depend on the frame: clouds with fewer than G (or K) points repeat centres
+(neighbours) cyclically up to G (K); repeats change neither the max-pooled patch features nor the scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from edgead import ops as edge_ops
+
+
+@dataclass(frozen=True)
+class DusNetConfig:
+    groups: int = 512  # G: FPS centres (Down-Net tokens)
+    group_size: int = 32  # K: neighbours per patch
+    gamma: int = 8  # up-sampling rate: reconstructed points per centre
+    thin: int = 16384  # stride-thin larger frames to this many points before FPS (0: never)
+    alpha: float = 0.08  # Noise-Gen std on centres (normalised units)
+    beta: float = 0.15  # Noise-Gen std on neighbours (normalised units)
+    pos_dim: int = 64  # C1: centre position embedding
+    patch_dim: int = 128  # C2: PointNet patch embedding
+    width: int = 128  # C3: transformer width
+    depth: int = 3
+    heads: int = 4
+    up_dim: int = 64  # Up-Net feature width
+    up_k: int = 16  # Up-Net set-abstraction neighbours
+    align: bool = True  # ICP-align each frame to the stored training reference before normalising
+    icp_points: int = 2048  # frame subsample used for ICP
+    steps_down: int = 300
+    steps_up: int = 300
+    batch: int = 4
+    lr: float = 1e-3
+    pool: int = 96  # augmented training samples generated per run (Noise-Gen adds fresh noise every step)
+
+
+PRESETS = {
+    "cpu": DusNetConfig(),
+    "paper": DusNetConfig(groups=8192, group_size=512, thin=0, pos_dim=384, patch_dim=384, width=384, depth=4,
+                          heads=6, up_dim=128, up_k=32, steps_down=20000, steps_up=20000, batch=4, pool=256),
+    "tiny": DusNetConfig(groups=64, group_size=16, thin=2048, pos_dim=16, patch_dim=32, width=32, depth=1, heads=2,
+                         up_dim=16, up_k=8, icp_points=512, steps_down=30, steps_up=30, batch=4, lr=3e-3, pool=8),
+}
+
+
+def preset(name: str) -> DusNetConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown dusnet preset {name!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+class Pipeline:
+    kind = "dusnet"
+    min_points = 4  # 3 neighbours for eq. 16 come from the reconstruction; ICP needs a few points
+
+    def __init__(self, config: DusNetConfig, normalization: edge_ops.Normalization,
+                 reference: np.ndarray | None = None, ops=edge_ops):
+        self.config = config
+        self.normalization = normalization
+        self.reference = None if reference is None or len(reference) == 0 else reference.astype(np.float32)
+        self.ops = ops  # farthest_point_sample, group, knn, nearest_distance: swappable for CUDA kernels
+
+    # ---- frame -> normalised model frame
+    def to_model_frame(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) sensor units -> (N, 3) float32 normalised, aligned to the training reference when it has one."""
+        x = self.normalization.apply(points, edge_ops.bbox_center(points))
+        if self.config.align and self.reference is not None:
+            sub = x[edge_ops.stride_subsample(len(x), self.config.icp_points)]
+            r, t = edge_ops.rigid_icp(sub, self.reference)
+            x = (x @ r.T + t).astype(np.float32)
+        return x
+
+    def group(self, x: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 3) normalised points -> patches (G, K, 3) relative to their centres, centers (G, 3); fixed shapes."""
+        g, k = self.config.groups, self.config.group_size
+        idx = self.ops.farthest_point_sample(x, min(g, len(x)), start)
+        centers = x[idx[np.arange(g) % len(idx)]]
+        patches, _ = self.ops.group(x, centers, min(k, len(x)))
+        if patches.shape[1] < k:
+            patches = patches[:, np.arange(k) % patches.shape[1]]
+        return patches.astype(np.float32), centers.astype(np.float32)
+
+    def thin(self, x: np.ndarray) -> np.ndarray:
+        return x if not self.config.thin else x[edge_ops.stride_subsample(len(x), self.config.thin)]
+
+    # ---- Pipeline protocol
+    def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        x = self.to_model_frame(points)
+        patches, centers = self.group(self.thin(x))
+        return {"patches": patches, "centers": centers}, x
+
+    def postprocess(self, points: np.ndarray, context: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return score_points(context, outputs["recon"], self.ops) * np.float32(self.normalization.scale)
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        meta = {"kind": self.kind, "config": asdict(self.config), "normalization": self.normalization.to_dict()}
+        ref = self.reference if self.reference is not None else np.zeros((0, 3), np.float32)
+        return meta, {"reference": ref}
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray]) -> Pipeline:
+        config = replace(DusNetConfig(), **meta["config"])
+        return cls(config, edge_ops.Normalization(**meta["normalization"]), arrays.get("reference"))
+
+
+def score_points(x: np.ndarray, recon: np.ndarray, ops=edge_ops) -> np.ndarray:
+    """Eqs. 15-16. (N, 3) query, (M, 3) reconstruction -> (N,) float32 point scores (same units as the inputs).
+
+    s_i = distance to the nearest reconstructed point, reweighted by 1 - softmax over the 3 nearest distances.
+    """
+    recon = np.asarray(recon, dtype=np.float32).reshape(-1, 3)
+    d, _ = ops.knn(x, recon, min(3, len(recon)))
+    e = np.exp(d - d.max(1, keepdims=True))  # stable softmax
+    weight = 1 - e[:, 0] / e.sum(1)
+    return (weight * d[:, 0]).astype(np.float32)
