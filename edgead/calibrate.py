@@ -1,0 +1,211 @@
+"""``edgead calibrate scene|threshold``: what is specific to one line, kept apart from the engine.
+
+- ``scene``: fit the conveyor/table plane in a scan (RANSAC, then least squares on the inliers) and a region of
+  interest above it, so that ``serve`` and ``sensor realsense`` crop the part out of the raw sensor cloud;
+- ``threshold``: the decision threshold from held-out normal scans at a target false-alarm rate, or the F1-optimal
+  one when anomalous scans are given too. Changing it needs no re-export: ``serve --threshold FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCAN_SUFFIXES = (".pcd", ".ply", ".npy", ".txt", ".xyz")
+
+
+@dataclass
+class Scene:
+    """The plane frame: ``origin`` on the plane, ``axes`` rows (u, v, n) with n the plane normal pointing to the
+    side the parts are on. The ROI is the box ``lo <= (p - origin) @ axes.T <= hi`` in that frame (mm)."""
+
+    origin: list[float]
+    axes: list[list[float]]
+    lo: list[float]
+    hi: list[float]
+    units: str = "mm"
+
+    def to_plane(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) sensor -> (N, 3) plane-frame coordinates (u, v, height)."""
+        return (points - np.asarray(self.origin, np.float32)) @ np.asarray(self.axes, np.float32).T
+
+
+def crop(points: np.ndarray, scene: Scene) -> np.ndarray:
+    """Keep the points inside the scene's ROI (above the plane, within its extent). (N, 3) -> (M, 3) float32.
+
+    Non-finite rows never pass (their comparisons are false)."""
+    q = scene.to_plane(np.asarray(points, dtype=np.float32))
+    inside = ((q >= np.asarray(scene.lo, np.float32)) & (q <= np.asarray(scene.hi, np.float32))).all(1)
+    return np.ascontiguousarray(points[inside], dtype=np.float32)
+
+
+def load_scene(path) -> Scene:
+    try:
+        doc = json.loads(Path(path).read_text())
+        scene = Scene(**{k: doc[k] for k in ("origin", "axes", "lo", "hi")})
+        if np.asarray(scene.axes).shape != (3, 3) or not all(len(v) == 3 for v in (scene.origin, scene.lo, scene.hi)):
+            raise ValueError("origin, lo, hi need 3 numbers and axes 3x3")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a scene calibration file ({exc})") from exc
+    return scene
+
+
+def fit_plane(points: np.ndarray, tol: float, iters: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """RANSAC plane: (N, 3) -> (unit normal (3,), inlier mask (N,)). Refined by least squares on the inliers."""
+    pts = points[np.isfinite(points).all(1)].astype(np.float64)
+    if len(pts) < 3:
+        raise ValueError(f"a plane needs at least 3 finite points, got {len(pts)}")
+    rng = np.random.default_rng(seed)
+    best, best_count = None, -1
+    for _ in range(iters):
+        a, b, c = pts[rng.choice(len(pts), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        if np.linalg.norm(n) < 1e-12:
+            continue
+        n /= np.linalg.norm(n)
+        count = int((np.abs((pts - a) @ n) < tol).sum())
+        if count > best_count:
+            best, best_count = (n, a), count
+    if best is None:
+        raise ValueError("no plane found: the scan's points are collinear")
+    n, a = best
+    inliers = np.abs((pts - a) @ n) < tol
+    centre = pts[inliers].mean(0)
+    n = np.linalg.svd(pts[inliers] - centre, full_matrices=False)[2][2]  # least-squares normal
+    full = np.zeros(len(points), bool)
+    full[np.flatnonzero(np.isfinite(points).all(1))] = np.abs((pts - centre) @ n) < tol
+    return n, full
+
+
+def calibrate_scene(points: np.ndarray, tol: float = 1.0, min_height: float | None = None,
+                    max_height: float = 500.0, margin: float = 0.0, seed: int = 0) -> Scene:
+    """Scan of the empty (or loaded) conveyor -> Scene. The ROI spans the plane inliers' extent (+ ``margin``) and
+    heights (``min_height`` = 3 tol by default, so the belt itself is cut, up to ``max_height``)."""
+    n, inliers = fit_plane(points, tol, seed=seed)
+    pts = points[np.isfinite(points).all(1)]
+    plane = points[inliers]
+    origin = plane.mean(0)
+    h = (pts - origin) @ n
+    off = h[np.abs(h) >= tol]
+    # parts stand on the side with most off-plane points; with none, the side facing the sensor (at the origin)
+    if (off > 0).sum() < (off < 0).sum() or (len(off) == 0 and origin @ n > 0):
+        n = -n
+    u = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
+    u /= np.linalg.norm(u)
+    axes = np.stack([u, np.cross(n, u), n])
+    q = (plane - origin) @ axes.T
+    lo = [*(q[:, :2].min(0) - margin), 3 * tol if min_height is None else min_height]
+    hi = [*(q[:, :2].max(0) + margin), max_height]
+    return Scene(origin.tolist(), axes.tolist(), [float(x) for x in lo], [float(x) for x in hi])
+
+
+# -- threshold --------------------------------------------------------------------------------------------------
+def far_threshold(normal: np.ndarray, far: float) -> float:
+    """The lowest threshold with at most ``floor(far * n)`` normal scores above it: the (k+1)-th largest score.
+
+    With n normal scans the false-alarm rate is resolved in steps of 1/n; far < 1/n gives the maximum."""
+    s = np.sort(np.asarray(normal, np.float64))
+    return float(s[len(s) - 1 - int(np.floor(far * len(s)))])
+
+
+def f1_threshold(normal: np.ndarray, anomalous: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 of ``score > threshold`` over all candidate thresholds (the scores, and
+    just below the lowest). Ties in F1 go to the higher threshold (fewer false alarms)."""
+    scores = np.concatenate([normal, anomalous]).astype(np.float64)
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+    best = (-1.0, 0.0)
+    for t in np.unique(np.r_[scores, scores.min() - 1e-6]):
+        pred = scores > t
+        tp = float((pred & (labels == 1)).sum())
+        f1 = 2 * tp / (pred.sum() + len(anomalous)) if tp else 0.0
+        if f1 >= best[0]:
+            best = (f1, float(t))
+    return best[1], best[0]
+
+
+def read_scans(directory) -> list[tuple[str, np.ndarray]]:
+    from edgead.io import read_points
+
+    directory = Path(directory)
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in SCAN_SUFFIXES) if directory.is_dir() else []
+    if not files:
+        raise ValueError(f"{directory}: no scans ({', '.join(SCAN_SUFFIXES)}) found")
+    out = []
+    for f in files:
+        pts = read_points(f)
+        out.append((f.name, pts[0] if isinstance(pts, tuple) else pts))
+    return out
+
+
+def calibrate_threshold(detector, normal: list[np.ndarray], anomalous: list[np.ndarray] | None = None,
+                        far: float = 0.01, crop_scene: Scene | None = None) -> dict:
+    """Score the held-out scans and choose the threshold. Returns the calibration document (JSON-able)."""
+    def score(points):
+        return detector.detect(crop(points, crop_scene) if crop_scene else points).score
+
+    if not normal:
+        raise ValueError("threshold calibration needs at least one held-out normal scan")
+    s_norm = np.array([score(p) for p in normal])
+    doc = {"n_normal": len(normal), "far_target": far, "model_name": detector.name,
+           "model_hash": detector.model_hash, "normal_scores": s_norm.tolist()}
+    if anomalous:
+        s_anom = np.array([score(p) for p in anomalous])
+        t, f1 = f1_threshold(s_norm, s_anom)
+        doc.update(method="f1", f1=f1, recall=float((s_anom > t).mean()), n_anomalous=len(anomalous),
+                   anomalous_scores=s_anom.tolist())
+    else:
+        t = far_threshold(s_norm, far)
+        doc.update(method="far")
+    doc.update(threshold=t, far_measured=float((s_norm > t).mean()))
+    return doc
+
+
+# -- CLI -------------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("scene", help="fit the conveyor plane and the region of interest above it")
+    s.add_argument("scan", type=Path, help="a scan (.pcd, .ply, .npy) of the conveyor, with or without a part")
+    s.add_argument("--out", type=Path, default=Path("calibration/scene.json"))
+    s.add_argument("--tol", type=float, default=1.0, help="plane inlier distance, mm (sensor noise)")
+    s.add_argument("--min-height", type=float, help="mm above the plane where the ROI starts (default 3 x tol)")
+    s.add_argument("--max-height", type=float, default=500.0, help="mm above the plane where the ROI ends")
+    s.add_argument("--margin", type=float, default=0.0, help="mm added around the plane's extent")
+    t = sub.add_parser("threshold", help="decision threshold from held-out scans")
+    t.add_argument("--engine", required=True, help="run directory, .onnx or .plan engine")
+    t.add_argument("--normal", required=True, type=Path, help="folder of held-out normal scans")
+    t.add_argument("--anomalous", type=Path, help="folder of anomalous scans: choose the F1-optimal threshold")
+    t.add_argument("--far", type=float, default=0.01, help="target false-alarm rate on normal parts")
+    t.add_argument("--scene", help="scene calibration to crop the scans with, as serve does")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--out", type=Path, required=True, help="calibration file to write (JSON)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.what == "scene":
+        from edgead.io import read_points
+
+        pts = read_points(args.scan)
+        pts = pts[0] if isinstance(pts, tuple) else pts
+        doc = asdict(calibrate_scene(pts, args.tol, args.min_height, args.max_height, args.margin))
+        print(f"plane normal {np.round(doc['axes'][2], 4).tolist()}, ROI {np.round(doc['lo'], 1).tolist()} .. "
+              f"{np.round(doc['hi'], 1).tolist()} mm (plane frame)")
+    else:
+        from edgead.detector import EdgeDetector
+
+        if not 0 <= args.far < 1:
+            raise ValueError(f"--far must be in [0, 1), got {args.far}")
+        det = EdgeDetector.load(args.engine, device=args.device)
+        normal = [p for _, p in read_scans(args.normal)]
+        anomalous = [p for _, p in read_scans(args.anomalous)] if args.anomalous else None
+        doc = calibrate_threshold(det, normal, anomalous, args.far, load_scene(args.scene) if args.scene else None)
+        doc["engine"] = str(args.engine)
+        print(f"threshold {doc['threshold']:.6g} ({doc['method']}), false alarms {doc['far_measured']:.3f} "
+              f"on {doc['n_normal']} normal scans")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {args.out}")
+    return 0

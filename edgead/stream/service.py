@@ -1,0 +1,347 @@
+"""``edgead serve``: sensor frames in over ZeroMQ, one msgpack result out per frame (see ``docs/protocol.md``).
+
+Threads, each owning what it touches (ZeroMQ sockets are not thread-safe, detectors are not either):
+
+- *receiver* owns the SUB socket: receives raw multipart frames and hands them to the :class:`FrameBuffer`, which
+  applies the flow-control policy (``latest``: keep only the newest frame; ``every``: bounded FIFO) and counts drops;
+- *worker* (the thread calling :meth:`Service.run`) owns the detector: decodes, crops, detects, finds regions;
+  anything wrong with a frame becomes an error result, never an exception that stops the service;
+- *publisher* owns the PUB socket: sends results in order and a status message every ``status_interval`` seconds.
+
+Stopping (SIGINT/SIGTERM or ``stop.set()``): the receiver stops, the worker finishes the frame in flight, the
+publisher sends everything queued and closes with a linger so results reach subscribers; exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from edgead.detector import MAX_POINTS
+from edgead.stream import protocol
+from edgead.stream.regions import anomalous_regions
+
+POLICIES = ("latest", "every")
+
+
+@dataclass
+class ServiceConfig:
+    engine: str = ""
+    sub: str = "tcp://127.0.0.1:5555"  # connect: the sensor binds its PUB socket
+    pub: str = "tcp://*:5556"  # bind: controllers and gateways connect here
+    threshold: str | float | None = None  # a number or a calibration file; default: the engine's own
+    scene: str | None = None  # scene calibration file: crop the part out of the raw sensor cloud
+    policy: str = "latest"
+    queue: int = 8  # frames the `every` policy holds before it drops new ones
+    point_scores: bool = False  # add per-point float32 scores to results
+    region_radius: float | None = None  # mm; default 3 x point spacing
+    max_points: int = MAX_POINTS
+    status_interval: float = 1.0
+    device: str = "cpu"
+    curve_secret: str | None = None  # the service's secret key file: CURVE on both sockets
+    curve_authorized: str | None = None  # directory of public keys of clients allowed in
+    linger_ms: int = 2000
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.queue < 1:
+            raise ValueError(f"queue must be at least 1, got {self.queue}")
+
+
+class FrameBuffer:
+    """The hand-over from receiver to worker, where the flow-control policy drops frames (and counts them)."""
+
+    def __init__(self, policy: str, size: int):
+        self.latest = policy == "latest"
+        self.size = 1 if self.latest else size
+        self.items: collections.deque = collections.deque()
+        self.cond = threading.Condition()
+        self.dropped = 0
+
+    def put(self, item) -> None:
+        with self.cond:
+            if len(self.items) >= self.size:
+                self.dropped += 1
+                if not self.latest:
+                    return  # every: keep the frames already queued, refuse the new one
+                self.items.popleft()  # latest: the stale frame goes
+            self.items.append(item)
+            self.cond.notify()
+
+    def get(self, timeout: float):
+        with self.cond:
+            self.cond.wait_for(lambda: self.items, timeout)
+            return self.items.popleft() if self.items else None
+
+    def clear(self) -> int:
+        with self.cond:
+            n, self.dropped = len(self.items), self.dropped + len(self.items)
+            self.items.clear()
+            return n
+
+
+class Stats:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.t0 = time.time()
+        self.frames_in = self.frames_out = self.errors = self.lost = 0
+        self.latency_ms: collections.deque = collections.deque(maxlen=1000)  # received -> published
+        self.published: collections.deque = collections.deque(maxlen=10000)  # publish times, for fps
+        self.last_seq: dict[str, int] = {}
+
+    def received(self, sensor: str, seq: int) -> None:
+        """Count frames missing from a sensor's sequence (lost before they reached us)."""
+        with self.lock:
+            last = self.last_seq.get(sensor)
+            if last is not None and seq > last + 1:
+                self.lost += seq - last - 1
+            self.last_seq[sensor] = seq
+
+
+class Service:
+    def __init__(self, detector, cfg: ServiceConfig, ctx: zmq.Context | None = None):
+        self.det, self.cfg = detector, cfg
+        self.ctx = ctx or zmq.Context.instance()
+        self.scene = None
+        if cfg.scene:
+            from edgead.calibrate import load_scene
+
+            self.scene = load_scene(cfg.scene)
+        self.buffer = FrameBuffer(cfg.policy, cfg.queue)
+        self.out: queue.Queue = queue.Queue()
+        self.stats = Stats()
+        self.ready = threading.Event()  # set once both sockets are up; pub_endpoint is then known
+        self.pub_endpoint = ""
+        self.result_seq = 0
+
+    # -- sockets -----------------------------------------------------------------------------------------------
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.linger = self.cfg.linger_ms
+        if self.cfg.curve_secret:
+            from edgead.stream.security import make_server
+
+            make_server(sock, self.cfg.curve_secret)
+        return sock
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set. Runs the worker in the calling thread."""
+        auth = None
+        if self.cfg.curve_authorized:
+            from edgead.stream.security import start_authenticator
+
+            auth = start_authenticator(self.ctx, self.cfg.curve_authorized)
+        sub = self._socket(zmq.SUB)
+        sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        sub.rcvhwm = 64
+        sub.subscribe(protocol.FRAME_PREFIX.encode())
+        sub.connect(self.cfg.sub)
+        pub = self._socket(zmq.PUB)
+        pub.bind(self.cfg.pub)
+        self.pub_endpoint = pub.last_endpoint.decode()
+        receiver = threading.Thread(target=self._receive, args=(sub, stop), name="edgead-receiver", daemon=True)
+        publisher = threading.Thread(target=self._publish, args=(pub,), name="edgead-publisher", daemon=True)
+        receiver.start()
+        publisher.start()
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                item = self.buffer.get(timeout=0.1)
+                if item is not None:
+                    self.out.put(self.process(*item))
+        finally:
+            receiver.join()
+            self.buffer.clear()  # frames received but not started count as dropped
+            self.out.put(None)
+            publisher.join()
+            if auth is not None:
+                auth.stop()
+
+    def _receive(self, sub: zmq.Socket, stop: threading.Event) -> None:
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        try:
+            while not stop.is_set():
+                if not poller.poll(100):
+                    continue
+                while True:  # drain what is there, so `latest` sees the newest frame
+                    try:
+                        parts = sub.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    with self.stats.lock:
+                        self.stats.frames_in += 1
+                    self.buffer.put((parts, time.time()))
+        finally:
+            sub.close(linger=0)
+
+    def _publish(self, pub: zmq.Socket) -> None:
+        next_status = time.monotonic()
+        try:
+            while True:
+                if time.monotonic() >= next_status:
+                    pub.send_multipart(protocol.encode_message(protocol.STATUS_TOPIC, self.status()))
+                    next_status += self.cfg.status_interval
+                try:
+                    result = self.out.get(timeout=max(0.0, next_status - time.monotonic()))
+                except queue.Empty:
+                    continue
+                if result is None:
+                    break
+                topic = protocol.RESULT_PREFIX + (result["sensor"] or "")
+                result["t_published"] = now = time.time()
+                pub.send_multipart(protocol.encode_message(topic, result))
+                with self.stats.lock:
+                    self.stats.frames_out += 1
+                    self.stats.errors += result["status"] != "ok"
+                    self.stats.published.append(now)
+                    self.stats.latency_ms.append((now - result["t_received"]) * 1e3)
+            pub.send_multipart(protocol.encode_message(protocol.STATUS_TOPIC, self.status()))
+        finally:
+            pub.close()  # with linger: queued messages still go out
+
+    # -- per frame ---------------------------------------------------------------------------------------------
+    def process(self, parts, t_received: float) -> dict:
+        """Raw message parts -> result map. Never raises: a bad frame gives an error result."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {"queue": (time.time() - t_received) * 1e3}
+        header: dict = {}
+        try:
+            try:
+                header, points = protocol.decode_frame(parts, self.cfg.max_points)
+            except protocol.FrameError as exc:
+                header = exc.header
+                raise
+            self.stats.received(header["sensor"], header["seq"])
+            t1 = time.perf_counter()
+            timings["decode"] = (t1 - t0) * 1e3
+            if self.scene is not None:
+                from edgead.calibrate import crop
+
+                points = crop(points, self.scene)
+                timings["crop"] = (time.perf_counter() - t1) * 1e3
+            det = self.det.detect(points)
+            t2 = time.perf_counter()
+            regions = anomalous_regions(points, det.point_scores, det.threshold, radius=self.cfg.region_radius)
+            timings.update(det.timings_ms, regions=(time.perf_counter() - t2) * 1e3)
+        except ValueError as exc:
+            return self._result(header, t_received, timings, error=str(exc))
+        except Exception as exc:  # a bug or backend failure must not stop the line's service
+            return self._result(header, t_received, timings, error=f"internal error: {type(exc).__name__}: {exc}")
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        res = self._result(header, t_received, timings)
+        res.update(score=det.score, anomalous=det.anomalous, n_points=len(points), n_invalid=det.n_dropped,
+                   regions=regions)
+        if self.cfg.point_scores:
+            res["point_scores"] = det.point_scores.astype("<f4").tobytes()
+        return res
+
+    def _result(self, header: dict, t_received: float, timings: dict, error: str = "") -> dict:
+        self.result_seq += 1
+        t_capture = header.get("t_capture")
+        return {
+            "schema": protocol.SCHEMA, "type": "result", "status": "error" if error else "ok", "error": error,
+            "seq": header.get("seq"), "result_seq": self.result_seq, "sensor": header.get("sensor"),
+            "frame_id": header.get("frame_id"),
+            "t_capture": float(t_capture) if isinstance(t_capture, (int, float)) else None,
+            "t_received": t_received, "t_published": None,
+            "score": None, "threshold": self.det.threshold, "anomalous": None, "n_points": 0, "n_invalid": 0,
+            "regions": [], "units": "mm", "model_name": self.det.name, "model_hash": self.det.model_hash,
+            "backend": self.det.backend, "dropped_frames": self.buffer.dropped,
+            "latency_ms": {k: round(v, 3) for k, v in timings.items()},
+        }
+
+    def status(self) -> dict:
+        s = self.stats
+        with s.lock:
+            now = time.time()
+            lat = np.array(s.latency_ms) if s.latency_ms else None
+            recent = sum(1 for t in s.published if t > now - 5.0)
+            window = min(5.0, max(now - s.t0, 1e-3))
+            return {
+                "schema": protocol.SCHEMA, "type": "status", "t": now, "uptime_s": now - s.t0,
+                "frames_in": s.frames_in, "frames_out": s.frames_out, "dropped": self.buffer.dropped,
+                "lost": s.lost, "errors": s.errors, "fps": recent / window, "policy": self.cfg.policy,
+                "queue": self.cfg.queue if self.cfg.policy == "every" else 1,
+                "latency_ms": {f"p{q}": (float(np.percentile(lat, q)) if lat is not None else None)
+                               for q in (50, 95, 99)},
+                "model_name": self.det.name, "model_hash": self.det.model_hash, "backend": self.det.backend,
+            }
+
+
+# -- CLI -------------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", help="run directory, .onnx or .plan engine")
+    p.add_argument("--sub", help="sensor endpoint to connect to (default tcp://127.0.0.1:5555)")
+    p.add_argument("--pub", help="endpoint to bind for results and status (default tcp://*:5556)")
+    p.add_argument("--config", type=Path, help="JSON file with any of these options (command line wins)")
+    p.add_argument("--threshold", help="decision threshold: a number or a calibration file")
+    p.add_argument("--scene", help="scene calibration file: crop the raw cloud to the part")
+    p.add_argument("--policy", choices=POLICIES, help="latest (drop stale frames, default) or every (bounded queue)")
+    p.add_argument("--queue", type=int, help="queue length of the every policy (default 8)")
+    p.add_argument("--point-scores", action="store_true", default=None, help="add per-point scores to results")
+    p.add_argument("--region-radius", type=float, help="mm linking anomalous points into regions (default: auto)")
+    p.add_argument("--max-points", type=int, help=f"reject larger frames (default {MAX_POINTS})")
+    p.add_argument("--status-interval", type=float, help="seconds between status messages (default 1)")
+    p.add_argument("--device", help="cpu or cuda (run directories and ONNX)")
+    p.add_argument("--curve-secret", help="the service's CURVE secret key file (enables encryption)")
+    p.add_argument("--curve-authorized", help="directory of client public keys allowed to connect")
+
+
+def config_from_args(args: argparse.Namespace) -> ServiceConfig:
+    values: dict = {}
+    if args.config:
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{args.config}: cannot read service config ({exc})") from exc
+        unknown = set(values) - {f.name for f in fields(ServiceConfig)}
+        if unknown:
+            raise ValueError(f"{args.config}: unknown options {', '.join(sorted(unknown))}")
+    values.update({f.name: getattr(args, f.name) for f in fields(ServiceConfig)
+                   if getattr(args, f.name, None) is not None})
+    cfg = ServiceConfig(**values)
+    if not cfg.engine:
+        raise ValueError("an engine is needed: --engine PATH (or 'engine' in --config)")
+    return cfg
+
+
+def threshold_arg(value):
+    """A number stays a number; anything else is a calibration file path."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def main(args: argparse.Namespace) -> int:
+    from edgead.detector import EdgeDetector
+
+    cfg = config_from_args(args)
+    det = EdgeDetector.load(cfg.engine, threshold=threshold_arg(cfg.threshold), device=cfg.device)
+    service = Service(det, cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ready = threading.Thread(target=lambda: service.ready.wait() and print(
+        f"edgead serve: {det.name} ({det.backend}, threshold {det.threshold}) policy {cfg.policy}; frames from "
+        f"{cfg.sub}; results on {service.pub_endpoint}", file=sys.stderr, flush=True), daemon=True)
+    ready.start()
+    service.run(stop)
+    s = service.status()
+    print(f"edgead serve: stopped; {s['frames_in']} frames in, {s['frames_out']} results out, {s['dropped']} "
+          f"dropped, {s['errors']} errors", file=sys.stderr)
+    return 0
+
