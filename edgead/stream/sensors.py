@@ -1,0 +1,234 @@
+"""``edgead sensor realsense|replay``: publish sensor frames (points in mm) in the edgead wire protocol.
+
+The sensor binds an XPUB socket (a PUB that also sees subscriptions, so a replay can wait for the service instead of
+sending into the void) and sends one frame per cloud with consecutive sequence numbers.
+
+RealSense depth frames become points through the SDK's own deprojection (``rs.pointcloud`` with the stream's
+intrinsics and depth scale), after its decimation and threshold (distance range) filters; invalid pixels (depth 0)
+are dropped and the scene calibration's crop keeps the part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from edgead.stream import protocol
+
+FILE_SUFFIXES = (".pcd", ".ply", ".npy", ".npz", ".txt", ".xyz")
+RECORDING_SUFFIXES = (".bag", ".db3")  # RealSense recordings: ROS1 bags, rosbag2 (what recent SDKs write)
+
+
+class FramePublisher:
+    """One sensor's frame stream on a bound XPUB socket."""
+
+    def __init__(self, endpoint: str, sensor_id: str, ctx: zmq.Context | None = None,
+                 curve_secret: str | None = None, curve_server_key: str | None = None):
+        self.sensor_id, self.seq = sensor_id, 0
+        self.sock = (ctx or zmq.Context.instance()).socket(zmq.XPUB)
+        self.sock.linger = 1000
+        self.sock.sndhwm = 16
+        if curve_secret:
+            from edgead.stream.security import make_client
+
+            if not curve_server_key:
+                raise ValueError("CURVE needs the service's public key too (--curve-server-key)")
+            make_client(self.sock, curve_secret, curve_server_key)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.last_endpoint.decode()
+
+    def wait_subscriber(self, timeout: float) -> bool:
+        """Block until a subscriber (the service) has subscribed, or ``timeout`` seconds pass."""
+        if self.sock.poll(int(timeout * 1000)):
+            self.sock.recv()
+            return True
+        return False
+
+    def send(self, points: np.ndarray, t_capture: float | None = None) -> None:
+        self.sock.send_multipart(protocol.encode_frame(points, self.seq, self.sensor_id, t_capture=t_capture))
+        self.seq += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def publish(pub: FramePublisher, frames: Iterable, rate: float, stop: threading.Event, limit: int = 0) -> int:
+    """Send (points, t_capture) frames at ``rate`` Hz (0: as fast as they come) until exhausted, ``limit`` frames
+    (0: no limit) or ``stop``. Returns the number sent."""
+    period, next_t, n = (1.0 / rate if rate > 0 else 0.0), time.monotonic(), 0
+    for points, t_capture in frames:
+        if stop.is_set():
+            break
+        if period:
+            stop.wait(max(0.0, next_t - time.monotonic()))
+            next_t = max(next_t + period, time.monotonic() - period)  # no catch-up burst after a stall
+        pub.send(points, t_capture)
+        n += 1
+        if limit and n >= limit:
+            break
+    return n
+
+
+# -- RealSense ---------------------------------------------------------------------------------------------------
+class DepthToPoints:
+    """Depth frame -> (N, 3) float32 points in mm: decimation and threshold filters, SDK deprojection, crop."""
+
+    def __init__(self, decimation: int = 2, min_mm: float = 100.0, max_mm: float = 2000.0, scene=None):
+        import pyrealsense2 as rs
+
+        self.filters = []
+        if decimation > 1:
+            dec = rs.decimation_filter()
+            dec.set_option(rs.option.filter_magnitude, decimation)
+            self.filters.append(dec)
+        self.filters.append(rs.threshold_filter(min_mm / 1000.0, max_mm / 1000.0))
+        self.pc, self.scene = rs.pointcloud(), scene
+
+    def __call__(self, depth) -> np.ndarray:
+        for f in self.filters:
+            depth = f.process(depth)
+        verts = np.asanyarray(self.pc.calculate(depth).get_vertices()).view(np.float32).reshape(-1, 3)
+        pts = verts[verts[:, 2] > 0] * np.float32(1000.0)  # metres -> mm; depth 0 = no measurement
+        if self.scene is not None:
+            from edgead.calibrate import crop
+
+            pts = crop(pts, self.scene)
+        return np.ascontiguousarray(pts, dtype=np.float32)
+
+
+def capture_time(frame) -> float:
+    """Seconds since the epoch: the frame's own timestamp where it is wall-clock based, else the time now."""
+    import pyrealsense2 as rs
+
+    domain = frame.get_frame_timestamp_domain()
+    if domain in (rs.timestamp_domain.system_time, rs.timestamp_domain.global_time):
+        return frame.get_timestamp() / 1000.0
+    return time.time()
+
+
+def realsense_frames(source, to_points: DepthToPoints, timeout_ms: int = 5000) -> Iterator[tuple[np.ndarray, float]]:
+    """Frames from anything with ``wait_for_frames`` (an ``rs.pipeline``, or an ``rs.syncer`` fed by a device).
+
+    Ends when the source has nothing within ``timeout_ms`` (the end of a recording, a camera gone)."""
+    while True:
+        try:
+            frames = source.wait_for_frames(timeout_ms)
+        except RuntimeError:
+            return
+        depth = frames.get_depth_frame()
+        if depth:
+            yield to_points(depth), capture_time(depth)
+
+
+def open_camera(serial: str | None = None, bag: Path | None = None, width: int = 848, height: int = 480,
+                fps: int = 30):
+    """Start an ``rs.pipeline`` on a camera (by serial) or a recording (not real-time: every frame is read)."""
+    import pyrealsense2 as rs
+
+    pipe, cfg = rs.pipeline(), rs.config()
+    if bag is not None:
+        cfg.enable_device_from_file(str(bag), repeat_playback=False)
+    else:
+        if serial:
+            cfg.enable_device(serial)
+        cfg.enable_stream(rs.stream.depth, width, height, rs.format.z16, fps)
+    profile = pipe.start(cfg)
+    if bag is not None:
+        profile.get_device().as_playback().set_real_time(False)
+    return pipe
+
+
+def bag_frames(path: Path, to_points: DepthToPoints) -> Iterator[tuple[np.ndarray, float]]:
+    pipe = open_camera(bag=path)
+    try:
+        yield from realsense_frames(pipe, to_points, timeout_ms=2000)
+    finally:
+        pipe.stop()
+
+
+# -- replay ------------------------------------------------------------------------------------------------------
+def file_frames(files: list[Path], loop: bool = False, to_points: DepthToPoints | None = None
+                ) -> Iterator[tuple[np.ndarray, float]]:
+    """Clouds from point-cloud files and RealSense recordings, in order, forever with ``loop``."""
+    from edgead.io import read_points
+
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: no such file")
+        if f.suffix.lower() not in FILE_SUFFIXES + RECORDING_SUFFIXES:
+            raise ValueError(f"{f}: cannot replay this file type; expected one of "
+                             f"{', '.join(FILE_SUFFIXES + RECORDING_SUFFIXES)}")
+    while True:
+        for f in files:
+            if f.suffix.lower() in RECORDING_SUFFIXES:
+                yield from bag_frames(f, to_points or DepthToPoints())
+            else:
+                yield read_points(f), time.time()
+        if not loop:
+            return
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="source", required=True)
+    replay = sub.add_parser("replay", help="publish recorded scans (.pcd .ply .npy ...) or RealSense recordings")
+    replay.add_argument("files", nargs="+", type=Path)
+    replay.add_argument("--rate", type=float, default=10.0, help="frames per second (0: as fast as possible)")
+    replay.add_argument("--loop", action="store_true", help="start again after the last file")
+    cam = sub.add_parser("realsense", help="publish a RealSense depth camera's points")
+    cam.add_argument("--serial", help="camera serial number (default: the first camera)")
+    cam.add_argument("--width", type=int, default=848)
+    cam.add_argument("--height", type=int, default=480)
+    cam.add_argument("--fps", type=int, default=30)
+    for q in (replay, cam):
+        q.add_argument("--pub", default="tcp://*:5555", help="endpoint to bind (default tcp://*:5555)")
+        q.add_argument("--sensor-id", default=None, help="sensor id in topics and headers (default: the source)")
+        q.add_argument("--frames", type=int, default=0, help="stop after this many frames (default: no limit)")
+        q.add_argument("--wait", type=float, default=10.0,
+                       help="seconds to wait for a subscriber before sending (0: do not wait)")
+        q.add_argument("--scene", help="scene calibration: crop RealSense points to the part")
+        q.add_argument("--decimation", type=int, default=2, help="RealSense decimation filter magnitude")
+        q.add_argument("--min-mm", type=float, default=100.0, help="RealSense threshold filter: nearest depth")
+        q.add_argument("--max-mm", type=float, default=2000.0, help="RealSense threshold filter: farthest depth")
+        q.add_argument("--curve-secret", help="this sensor's CURVE secret key file")
+        q.add_argument("--curve-server-key", help="the service's CURVE public key file")
+
+
+def main(args: argparse.Namespace) -> int:
+    scene = None
+    if args.scene:
+        from edgead.calibrate import load_scene
+
+        scene = load_scene(args.scene)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.source == "replay":
+        to_points = None
+        if any(f.suffix.lower() in RECORDING_SUFFIXES for f in args.files):
+            to_points = DepthToPoints(args.decimation, args.min_mm, args.max_mm, scene)
+        frames, rate, pipe = file_frames(args.files, args.loop, to_points), args.rate, None
+    else:
+        pipe = open_camera(args.serial, width=args.width, height=args.height, fps=args.fps)
+        frames, rate = realsense_frames(pipe, DepthToPoints(args.decimation, args.min_mm, args.max_mm, scene)), 0
+    pub = FramePublisher(args.pub, args.sensor_id or args.source, curve_secret=args.curve_secret,
+                         curve_server_key=args.curve_server_key)
+    print(f"edgead sensor: publishing {pub.sensor_id} frames on {pub.endpoint}", file=sys.stderr, flush=True)
+    try:
+        if args.wait > 0 and not pub.wait_subscriber(args.wait):
+            print(f"edgead sensor: no subscriber after {args.wait:g} s; sending anyway", file=sys.stderr)
+        n = publish(pub, frames, rate, stop, args.frames)
+    finally:
+        if pipe is not None:
+            pipe.stop()
+        pub.close()
+    print(f"edgead sensor: sent {n} frames", file=sys.stderr)
+    return 0
