@@ -144,7 +144,8 @@ def plane_step(src: np.ndarray, dst: np.ndarray, normals: np.ndarray) -> tuple[n
     p, q, n = src - c, dst - c, normals.astype(np.float64)
     a = np.concatenate([np.cross(p, n), n], axis=1)  # (M, 6): d(residual)/d(omega, v)
     b = ((q - p) * n).sum(1)
-    x = np.linalg.lstsq(a, b, rcond=None)[0]
+    # normal equations (6 x 6) without BLAS: a threaded lstsq on (M, 6) stalls for tens of ms on a busy CPU
+    x = np.linalg.lstsq(np.einsum("mi,mj->ij", a, a), np.einsum("mi,m->i", a, b), rcond=None)[0]
     angle = np.linalg.norm(x[:3])
     k = np.array([[0, -x[2], x[1]], [x[2], 0, -x[0]], [-x[1], x[0], 0]]) / max(angle, 1e-12)
     r = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k  # Rodrigues: an exact rotation
@@ -152,15 +153,18 @@ def plane_step(src: np.ndarray, dst: np.ndarray, normals: np.ndarray) -> tuple[n
 
 
 def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: float = 0.9,
-              tol: float = 1e-6, normals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              tol: float = 1e-6, normals: np.ndarray | None = None, tree: KDTree | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Align ``source`` to ``target`` (ICP from bounding-box centres). (M, 3), (N, 3) -> R, t.
 
     Matches go from source to target, so a one-sided scan (source) aligns to a full 360-degree template (target).
     Each iteration keeps the ``trim`` fraction of closest pairs so that defects and clutter do not pull the fit.
     Point-to-point by default; with the target's ``normals`` (N, 3) point-to-plane, which does not creep along
-    smooth surfaces and converges in a few iterations. Apply as ``source @ R.T + t``.
+    smooth surfaces and converges in a few iterations. ``tree``: a prebuilt ``KDTree(target)`` to reuse.
+    Apply as ``source @ R.T + t``.
     """
-    tree = KDTree(np.ascontiguousarray(target, dtype=np.float32))
+    if tree is None:
+        tree = KDTree(np.ascontiguousarray(target, dtype=np.float32))
     r = np.eye(3, dtype=np.float32)
     t = (bbox_center(target) - bbox_center(source)).astype(np.float32)
     prev = np.inf

@@ -82,3 +82,44 @@ def test_plot_writes_png(detector, runs, tmp_path):
     out = tmp_path / "eval.png"
     evaluate.plot(runs, rep, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def write_category(root, n_good=2, n_bad=2, n=4000):
+    """A tiny category in the Real3D-AD layout: train/*template*.pcd, test/*.pcd, gt/<defective>.txt."""
+    from edgead.io import write_pcd
+
+    for d in ("train", "test", "gt"):
+        (root / d).mkdir(parents=True)
+    for i in range(3):
+        write_pcd(root / "train" / f"{i}_template.pcd", part_scan(3 * n, i)[0])
+    for s in samples(n_good, n_bad, seed=2, n=n):
+        write_pcd(root / "test" / f"{s.name}.pcd", s.points)
+        if s.label:
+            np.savetxt(root / "gt" / f"{s.name}.txt", np.c_[s.points, s.labels], fmt="%.4f %.4f %.4f %d")
+
+
+def test_train_and_eval_commands_on_a_category_root(tmp_path, capsys):
+    import argparse
+
+    from edgead import train as train_cmd
+
+    write_category(tmp_path / "data" / "ellipsoid")
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    assert train_cmd.main(parser.parse_args(["template", "--data", str(tmp_path / "data" / "ellipsoid"),
+                                             "--out", str(tmp_path / "run")])) == 0
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "run"), "--data", str(tmp_path / "data"),
+                              "--json", str(tmp_path / "r.json")])  # a root of categories
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "ellipsoid" in out and "O-AUROC" in out and "timing" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    cat = rep["categories"]["ellipsoid"]
+    assert cat["n_good"] == 2 and cat["n_defective"] == 2 and cat["o_auroc"] == 1.0 and cat["p_auroc"] > 0.85
+    names = sorted(s["name"] for s in cat["samples"])
+    assert names == ["bad_2", "bad_3", "good_0", "good_1"]
+    # the library function gives the same metrics as the command
+    again = evaluate.evaluate(EdgeDetector.load(tmp_path / "run"), tmp_path / "data" / "ellipsoid")
+    assert {m: again["categories"]["ellipsoid"][m] for m in evaluate.METRICS} == {m: cat[m] for m in evaluate.METRICS}

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pykdtree.kdtree import KDTree
 
 from edgead import ops
 
@@ -31,21 +32,26 @@ class Pipeline:
     reference: np.ndarray  # (M, 3) float32, sensor units, in the frame of the first training scan
     normals: np.ndarray  # (M, 3) float32 unit normals of the reference, for point-to-plane ICP
     config: TemplateConfig = field(default_factory=TemplateConfig)
+    tree: KDTree = field(init=False, repr=False, compare=False)  # over the reference, built once, not per frame
     kind = "template"
     min_points = 32  # ICP needs enough points for a stable pose
+
+    def __post_init__(self):
+        self.tree = KDTree(self.reference)
 
     def align(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3) -> R (3, 3), t (3,) mapping the frame onto the reference as ``points @ R.T + t``."""
         sub = points[ops.stride_subsample(len(points), self.config.align_points)]
         return ops.rigid_icp(sub, self.reference, iters=self.config.icp_iters, trim=self.config.trim,
-                             normals=self.normals)
+                             normals=self.normals, tree=self.tree)
 
     def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         return {}, self.align(points)
 
     def postprocess(self, points: np.ndarray, context, outputs: dict[str, np.ndarray]) -> np.ndarray:
         r, t = context
-        return ops.nearest_distance(points @ r.T + t, self.reference)
+        dist, _ = self.tree.query(np.ascontiguousarray(points @ r.T + t, dtype=np.float32), k=1)
+        return dist.astype(np.float32)  # = ops.nearest_distance, without rebuilding the tree
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {"kind": self.kind, **asdict(self.config)}, {"reference": self.reference, "normals": self.normals}
