@@ -1,0 +1,94 @@
+import argparse
+import json
+
+import numpy as np
+import pytest
+from stream_helpers import part, template_run
+
+from edgead import calibrate
+from edgead.calibrate import calibrate_scene, crop, f1_threshold, far_threshold, load_scene
+from edgead.detector import EdgeDetector
+from edgead.io import write_pcd
+
+
+def tilted_scene(seed=0):
+    """A 200 x 150 mm conveyor tilted by 10 degrees, 600 mm from the sensor, with a block standing on it."""
+    rng = np.random.default_rng(seed)
+    belt = np.c_[rng.uniform(-100, 100, 6000), rng.uniform(-75, 75, 6000), rng.normal(0, 0.2, 6000)]
+    block = part(seed) + [0, 0, 0.5]  # on the belt, 0.5 .. 10.5 mm up (plane frame)
+    a = np.radians(10)
+    r = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    to_sensor = lambda p: (p @ r.T * [1, 1, -1] + [0, 0, 600]).astype(np.float32)  # noqa: E731 - parts face z-
+    return to_sensor(belt), to_sensor(block), r
+
+
+def test_scene_fit_finds_the_tilted_belt_and_crops_the_part():
+    belt, block, r = tilted_scene()
+    scan = np.r_[belt, block, np.full((5, 3), np.nan, np.float32)]
+    scene = calibrate_scene(scan, tol=1.0)
+    normal = np.asarray(scene.axes[2])
+    expected = r[:, 2] * [1, 1, -1]  # the belt's up direction, in the sensor frame
+    assert normal @ expected > 0.9999  # oriented towards the part
+    kept = crop(scan, scene)
+    assert len(kept) >= 0.9 * len(block) and np.isin(kept, block).all(1).all()  # no belt, no NaN
+    up = expected.astype(np.float32)
+    assert len(crop(block + 300 * up, scene)) == len(block)  # all inside the 3..500 mm height band
+    assert len(crop(block + 600 * up, scene)) == 0  # above the ROI
+    assert len(crop(block + 200 * np.asarray(scene.axes[0], np.float32), scene)) == 0  # beside the belt
+
+
+def test_scene_file_round_trip(tmp_path):
+    belt, block, _ = tilted_scene()
+    scan = tmp_path / "scan.pcd"
+    write_pcd(scan, np.r_[belt, block])
+    out = tmp_path / "scene.json"
+    parser = argparse.ArgumentParser()
+    calibrate.add_arguments(parser)
+    assert calibrate.main(parser.parse_args(["scene", str(scan), "--out", str(out), "--max-height", "50"])) == 0
+    scene = load_scene(out)
+    assert scene.hi[2] == 50 and scene.lo[2] == 3.0
+    np.testing.assert_array_equal(crop(block, scene), crop(block, calibrate_scene(np.r_[belt, block], 1.0,
+                                                                                  max_height=50)))
+    (tmp_path / "bad.json").write_text(json.dumps({"origin": [0, 0]}))
+    with pytest.raises(ValueError, match="not a scene calibration"):
+        load_scene(tmp_path / "bad.json")
+
+
+def test_far_threshold_allows_the_target_false_alarms():
+    normal = np.arange(100, dtype=float)  # scores 0..99
+    assert far_threshold(normal, 0.0) == 99  # nothing above: no false alarm
+    t = far_threshold(normal, 0.05)
+    assert (normal > t).sum() == 5
+    assert far_threshold(normal[:10], 0.01) == 9  # 10 scans cannot resolve 1 %: the maximum
+
+
+def test_f1_threshold_separates_and_prefers_fewer_false_alarms():
+    t, f1 = f1_threshold(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.9]))
+    assert f1 == 1.0 and 0.3 <= t < 0.5
+    t, f1 = f1_threshold(np.array([0.1, 0.6]), np.array([0.5, 0.9]))  # overlapping
+    assert f1 == pytest.approx(0.8) and t < 0.5
+
+
+def test_threshold_calibration_with_the_detector_and_serve_loading_it(tmp_path):
+    normal_dir, anomalous_dir = tmp_path / "normal", tmp_path / "anomalous"
+    normal_dir.mkdir()
+    anomalous_dir.mkdir()
+    for i in range(4):
+        np.save(normal_dir / f"{i}.npy", part(10 + i))
+        np.save(anomalous_dir / f"{i}.npy", part(20 + i, defect=True))
+    parser = argparse.ArgumentParser()
+    calibrate.add_arguments(parser)
+    far_out, f1_out = tmp_path / "far.json", tmp_path / "f1.json"
+    common = ["threshold", "--engine", str(template_run()), "--normal", str(normal_dir)]
+    assert calibrate.main(parser.parse_args([*common, "--far", "0.0", "--out", str(far_out)])) == 0
+    assert calibrate.main(parser.parse_args([*common, "--anomalous", str(anomalous_dir), "--out", str(f1_out)])) == 0
+    far_doc, f1_doc = json.loads(far_out.read_text()), json.loads(f1_out.read_text())
+    assert far_doc["method"] == "far" and far_doc["threshold"] == max(far_doc["normal_scores"])
+    assert far_doc["far_measured"] == 0.0 and far_doc["n_normal"] == 4
+    assert f1_doc["method"] == "f1" and f1_doc["f1"] == 1.0 and f1_doc["recall"] == 1.0
+    assert max(f1_doc["normal_scores"]) <= f1_doc["threshold"] < min(f1_doc["anomalous_scores"])
+    det = EdgeDetector.load(template_run(), threshold=f1_out)  # what `serve --threshold FILE` does
+    assert det.threshold == f1_doc["threshold"]
+    assert det.detect(part(30)).anomalous is False and det.detect(part(31, defect=True)).anomalous is True
+    with pytest.raises(ValueError, match="no scans"):
+        calibrate.main(parser.parse_args([*common[:-1], str(tmp_path), "--out", str(far_out)]))
