@@ -55,11 +55,8 @@ def encode_frame(points: np.ndarray, seq: int, sensor: str, *, t_capture: float 
     return [(FRAME_PREFIX + sensor).encode(), pack(header), pts]
 
 
-def _check_id(header: dict, key: str) -> str:
-    value = header.get(key)
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LEN or not value.isprintable():
-        raise FrameError(f"header field {key!r} must be a printable string of 1..{MAX_ID_LEN} characters", header)
-    return value
+def _valid_id(value) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LEN and value.isprintable()
 
 
 def decode_frame(parts: list, max_points: int) -> tuple[dict, np.ndarray]:
@@ -86,9 +83,7 @@ def decode_frame(parts: list, max_points: int) -> tuple[dict, np.ndarray]:
     seq = header.get("seq")  # keep what identifies the frame, where well-typed
     if type(seq) is int and seq >= 0:
         known["seq"] = seq
-    for key in ("sensor", "frame_id"):
-        if isinstance(header.get(key), str) and header[key].isprintable():
-            known[key] = header[key][:MAX_ID_LEN]
+    known.update({k: header[k] for k in ("sensor", "frame_id") if _valid_id(header.get(k))})
     if header.get("schema") != SCHEMA:
         raise FrameError(f"unsupported schema {header.get('schema')!r}; this service speaks schema {SCHEMA}", known)
     missing = [k for k in HEADER_KEYS if k not in header]
@@ -96,8 +91,10 @@ def decode_frame(parts: list, max_points: int) -> tuple[dict, np.ndarray]:
         raise FrameError(f"header lacks {', '.join(missing)}", known)
     if type(header["seq"]) is not int or header["seq"] < 0:
         raise FrameError("header field 'seq' must be a non-negative integer", known)
-    sensor = _check_id(header, "sensor")
-    _check_id(header, "frame_id")
+    for key in ("sensor", "frame_id"):
+        if not _valid_id(header[key]):
+            raise FrameError(f"header field {key!r} must be a printable string of 1..{MAX_ID_LEN} characters", known)
+    sensor = header["sensor"]
     if topic != (FRAME_PREFIX + sensor).encode():
         raise FrameError(f"topic {topic[:80]!r} does not match sensor {sensor!r}", known)
     if not isinstance(header["t_capture"], (int, float)) or isinstance(header["t_capture"], bool):

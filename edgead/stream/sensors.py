@@ -52,8 +52,9 @@ class FramePublisher:
             return True
         return False
 
-    def send(self, points: np.ndarray, t_capture: float | None = None) -> None:
-        self.sock.send_multipart(protocol.encode_frame(points, self.seq, self.sensor_id, t_capture=t_capture))
+    def send(self, points: np.ndarray, t_capture: float | None = None, frame_id: str = "") -> None:
+        self.sock.send_multipart(protocol.encode_frame(points, self.seq, self.sensor_id, t_capture=t_capture,
+                                                       frame_id=frame_id))
         self.seq += 1
 
     def close(self) -> None:
@@ -61,16 +62,16 @@ class FramePublisher:
 
 
 def publish(pub: FramePublisher, frames: Iterable, rate: float, stop: threading.Event, limit: int = 0) -> int:
-    """Send (points, t_capture) frames at ``rate`` Hz (0: as fast as they come) until exhausted, ``limit`` frames
-    (0: no limit) or ``stop``. Returns the number sent."""
+    """Send (points, t_capture[, frame_id]) frames at ``rate`` Hz (0: as fast as they come) until exhausted,
+    ``limit`` frames (0: no limit) or ``stop``. Returns the number sent."""
     period, next_t, n = (1.0 / rate if rate > 0 else 0.0), time.monotonic(), 0
-    for points, t_capture in frames:
+    for frame in frames:
         if stop.is_set():
             break
         if period:
             stop.wait(max(0.0, next_t - time.monotonic()))
             next_t = max(next_t + period, time.monotonic() - period)  # no catch-up burst after a stall
-        pub.send(points, t_capture)
+        pub.send(*frame)
         n += 1
         if limit and n >= limit:
             break

@@ -200,9 +200,8 @@ class Service:
                     continue
                 if result is None:
                     break
-                topic = protocol.RESULT_PREFIX + (result["sensor"] or "")
                 result["t_published"] = now = time.time()
-                pub.send_multipart(protocol.encode_message(topic, result))
+                pub.send_multipart(protocol.encode_message(protocol.RESULT_PREFIX + (result["sensor"] or ""), result))
                 with self.stats.lock:
                     self.stats.frames_out += 1
                     self.stats.errors += result["status"] != "ok"

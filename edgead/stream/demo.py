@@ -1,0 +1,164 @@
+"""``edgead demo``: the whole streaming job on one machine, with nothing to install, train or plug in.
+
+A replay sensor publishes synthetic parts (``edgead.synth``: good ones and ones with surface defects) over ZeroMQ,
+``edgead serve``'s :class:`~edgead.stream.service.Service` runs the demo engine shipped in ``engines/demo`` with the
+threshold in ``calibration/demo_threshold.json``, and a subscriber prints each result as it arrives. All three talk
+over real loopback sockets, exactly as separate processes on a line would. ``engines/make_demo.py`` rebuilds the
+engine and its calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from edgead.stream import protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = ROOT / "engines" / "demo"
+THRESHOLD = ROOT / "calibration" / "demo_threshold.json"
+CATEGORY, N_POINTS = "hex_bolt", 16000  # the demo part and its scan density
+TRAIN_SCANS, CALIBRATION_SEED, DEMO_SEED = 4, 1, 2
+
+
+def demo_scan(kind: str, seed: int, index: int):
+    """One synthetic test scan of the demo part (``kind`` "good" or a defect type) -> edgead.synth.Scan."""
+    from edgead import synth
+
+    return synth.make_scan(CATEGORY, kind, seed=seed, index=index, split="test", n_points=N_POINTS)
+
+
+def demo_kinds(n: int) -> list[str]:
+    """Two good parts, then a defective one of each type in turn: 1 in 3 is defective."""
+    from edgead.synth import DEFECT_TYPES
+
+    return ["good" if i % 3 != 2 else DEFECT_TYPES[(i // 3) % len(DEFECT_TYPES)] for i in range(n)]
+
+
+def train_scans() -> list:
+    from edgead import synth
+
+    return [synth.make_scan(CATEGORY, "good", seed=0, index=i, split="train", n_points=N_POINTS).points
+            for i in range(TRAIN_SCANS)]
+
+
+def demo_frames(n: int, seed: int):
+    """(points, capture time, frame id naming the truth) for the replay sensor."""
+    for i, kind in enumerate(demo_kinds(n)):
+        yield demo_scan(kind, seed, i).points, time.time(), f"part{i:04d}-{kind}"
+
+
+def format_result(r: dict) -> str:
+    """One readable line per result."""
+    head = f"#{r['seq'] if r['seq'] is not None else '?':>4} {r['frame_id'] or '':<20}"
+    if r["status"] != "ok":
+        return f"{head} ERROR {r['error']}"
+    verdict = {True: "ANOMALOUS", False: "ok", None: "(no threshold)"}[r["anomalous"]]
+    line = f"{head} score {r['score']:7.3f} / {r['threshold'] or float('nan'):.3f}  {verdict:<9}"
+    for reg in r["regions"][:2]:
+        c, e = reg["centroid"], reg["extent"]
+        line += f"  [{reg['n_points']} pts at ({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f}) mm, {max(e):.1f} mm]"
+    if len(r["regions"]) > 2:
+        line += f" +{len(r['regions']) - 2} more"
+    return line + f"  {r['latency_ms'].get('total', 0):.0f} ms"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=12, help="parts to replay (default 12)")
+    p.add_argument("--rate", type=float, default=2.0, help="parts per second (default 2)")
+    p.add_argument("--engine", type=Path, help=f"engine to serve (default {ENGINE.relative_to(ROOT)})")
+    p.add_argument("--threshold", help=f"threshold or calibration file (default {THRESHOLD.relative_to(ROOT)})")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help="synthetic parts seed")
+    p.add_argument("--policy", choices=("latest", "every"), default="every")
+
+
+def load_engine(args):
+    from edgead.detector import EdgeDetector
+    from edgead.stream.service import threshold_arg
+
+    engine, threshold = args.engine, threshold_arg(args.threshold)
+    if engine is None and (ENGINE / "model.json").exists():
+        engine, threshold = ENGINE, threshold if threshold is not None else THRESHOLD
+    if engine is None:  # an install without the repository's engines/: fit the template engine now (seconds)
+        from edgead.train import train
+
+        engine = Path(tempfile.mkdtemp(prefix="edgead-demo-"))
+        print(f"edgead demo: {ENGINE} not found; fitting the template demo engine in {engine}", file=sys.stderr)
+        train("template", train_scans(), engine)
+    return EdgeDetector.load(engine, threshold=threshold)
+
+
+def main(args: argparse.Namespace) -> int:
+    from edgead.stream.sensors import FramePublisher, publish
+    from edgead.stream.service import Service, ServiceConfig
+
+    if args.frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {args.frames}")
+    det = load_engine(args)
+    ctx = zmq.Context()
+    sensor = FramePublisher("tcp://127.0.0.1:*", "demo", ctx)
+    service = Service(det, ServiceConfig(engine=str(det.name), sub=sensor.endpoint, pub="tcp://127.0.0.1:*",
+                                         policy=args.policy, queue=max(8, args.frames)), ctx)
+    stop = threading.Event()
+    serving = threading.Thread(target=service.run, args=(stop,), name="edgead-service", daemon=True)
+    serving.start()
+    client = ctx.socket(zmq.SUB)
+    client.linger = 0
+    client.subscribe(b"")
+    service.ready.wait(10)
+    client.connect(service.pub_endpoint)
+    print(f"edgead demo: {args.frames} synthetic {CATEGORY} parts at {args.rate:g}/s -> {det.name} "
+          f"({det.backend}, threshold {det.threshold}) on {sensor.endpoint} -> results on {service.pub_endpoint}")
+    results, status, t0 = [], None, time.monotonic()
+    try:
+        while status is None:  # both ends connected: the service's status reached us
+            if time.monotonic() - t0 > 10:
+                raise RuntimeError("the demo service did not come up")
+            if client.poll(200):
+                topic, msg = protocol.decode_message(client.recv_multipart())
+                status = msg if topic == protocol.STATUS_TOPIC else None
+        sensor.wait_subscriber(10)
+        sending = threading.Thread(target=publish, args=(sensor, demo_frames(args.frames, args.seed), args.rate,
+                                                         stop), name="edgead-sensor", daemon=True)
+        sending.start()
+        deadline = time.monotonic() + 30 + args.frames * (1 / max(args.rate, 0.1) + 2)
+        while time.monotonic() < deadline:
+            sent_all = not sending.is_alive()
+            if sent_all and len(results) + service.buffer.dropped >= sensor.seq:
+                break
+            if not client.poll(200):
+                continue
+            topic, msg = protocol.decode_message(client.recv_multipart())
+            if topic == protocol.STATUS_TOPIC:
+                status = msg
+            else:
+                results.append(msg)
+                print(format_result(msg), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        serving.join(10)
+        sensor.close()
+        client.close()
+        ctx.term()
+    print(summary(results, service.status()))
+    return 0 if results else 1
+
+
+def summary(results: list[dict], status: dict) -> str:
+    ok = [r for r in results if r["status"] == "ok"]
+    truth = [not (r["frame_id"] or "").endswith("-good") for r in ok]
+    flagged = [bool(r["anomalous"]) for r in ok]
+    hits = sum(t and f for t, f in zip(truth, flagged, strict=True))
+    false_alarms = sum(f and not t for t, f in zip(truth, flagged, strict=True))
+    lat = status["latency_ms"]
+    return (f"edgead demo: {len(results)} results ({len(results) - len(ok)} errors), {status['dropped']} dropped; "
+            f"defective parts flagged {hits}/{sum(truth)}, false alarms {false_alarms}/{len(ok) - sum(truth)}; "
+            f"latency p50 {lat['p50'] or 0:.0f} ms, p95 {lat['p95'] or 0:.0f} ms")
