@@ -4,7 +4,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import msgpack
 import numpy as np
@@ -167,8 +166,9 @@ def test_cli_serve_finishes_the_frame_in_flight_on_sigterm(tmp_path):
         assert sensor.poll(10_000)
         sensor.recv()
         wait_status(client, 10_000)
-        sensor.send_multipart(encode_frame(part(2, defect=True), 42, "cam"))
-        time.sleep(0.02)  # in flight now (a frame takes tens of ms)
+        sensor.send_multipart(encode_frame(part(2, defect=True, n=40_000), 42, "cam"))
+        while wait_status(client)["frames_in"] == 0:  # received: in flight now (it takes a few hundred ms)
+            pass
         proc.send_signal(signal.SIGTERM)
         res = recv_result(client)
         assert res["seq"] == 42 and res["status"] == "ok" and res["anomalous"] is True
@@ -180,7 +180,10 @@ def test_cli_serve_finishes_the_frame_in_flight_on_sigterm(tmp_path):
         client.close()
 
 
-def test_cli_serve_refuses_a_missing_engine(tmp_path):
+def test_cli_serve_refuses_a_missing_engine_and_bad_endpoints(tmp_path):
     out = subprocess.run([sys.executable, "-m", "edgead", "serve", "--engine", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no such engine" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "edgead", "serve", "--engine", str(template_run()), "--pub",
+                          "nonsense://x"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "cannot use endpoints" in out.stderr

@@ -42,7 +42,11 @@ class FramePublisher:
             if not curve_server_key:
                 raise ValueError("CURVE needs the service's public key too (--curve-server-key)")
             make_client(self.sock, curve_secret, curve_server_key)
-        self.sock.bind(endpoint)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.sock.close(linger=0)
+            raise ValueError(f"cannot bind {endpoint}: {exc}") from None
         self.endpoint = self.sock.last_endpoint.decode()
 
     def wait_subscriber(self, timeout: float) -> bool:

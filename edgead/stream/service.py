@@ -143,13 +143,17 @@ class Service:
             from edgead.stream.security import start_authenticator
 
             auth = start_authenticator(self.ctx, self.cfg.curve_authorized)
-        sub = self._socket(zmq.SUB)
+        sub, pub = self._socket(zmq.SUB), self._socket(zmq.PUB)
         sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         sub.rcvhwm = 64
         sub.subscribe(protocol.FRAME_PREFIX.encode())
-        sub.connect(self.cfg.sub)
-        pub = self._socket(zmq.PUB)
-        pub.bind(self.cfg.pub)
+        try:
+            sub.connect(self.cfg.sub)
+            pub.bind(self.cfg.pub)
+        except zmq.ZMQError as exc:
+            sub.close(linger=0)
+            pub.close(linger=0)
+            raise ValueError(f"cannot use endpoints --sub {self.cfg.sub} / --pub {self.cfg.pub}: {exc}") from None
         self.pub_endpoint = pub.last_endpoint.decode()
         receiver = threading.Thread(target=self._receive, args=(sub, stop), name="edgead-receiver", daemon=True)
         publisher = threading.Thread(target=self._publish, args=(pub,), name="edgead-publisher", daemon=True)
