@@ -1,0 +1,167 @@
+"""``edgead bench ENGINE [--points 400000] [--frames 50] [--reference RUN_DIR]``: per-stage latency of an engine
+and of the PyTorch eager reference of the same detector and preset, measured in the same run.
+
+The eager reference is the whole detector written the straightforward way research code does it: the same trained
+network in PyTorch eager mode, and geometry (FPS, KNN grouping, nearest-neighbour scoring) as brute-force torch
+(a Python loop of tensor ops for FPS, ``torch.cdist`` + ``topk`` for neighbours) instead of the runtime's exact
+compiled FPS and k-d trees. Normalisation and ICP alignment are the same numpy code in both. The figure for the
+plain run-directory backend (torch network, numpy geometry) is printed too, so the network's share is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("preprocess", "network", "postprocess", "total")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("engine", type=Path, help="engines/NAME.onnx, NAME.plan, or a run directory")
+    p.add_argument("--points", type=int, default=400_000, help="points per frame (default 400000)")
+    p.add_argument("--frames", type=int, default=50, help="timed frames per detector (default 50)")
+    p.add_argument("--reference", type=Path, help="run directory of the PyTorch reference (default: the manifest's)")
+    p.add_argument("--reference-frames", type=int, default=5, help="timed frames of the slow eager reference")
+    p.add_argument("--threads", type=int, help="threads for ONNX Runtime and torch (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run(args.engine, args.points, args.frames, args.reference, args.reference_frames, args.threads,
+                 args.device)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def run(engine: Path, points: int = 400_000, frames: int = 50, reference: Path | None = None,
+        reference_frames: int = 5, threads: int | None = None, device: str = "cpu") -> dict:
+    from edgead.detector import EdgeDetector
+    from edgead.export.manifest import manifest_path
+
+    if points < 1 or frames < 1:
+        raise ValueError("--points and --frames must be positive")
+    if threads:
+        import os
+
+        os.environ["EDGEAD_THREADS"] = str(threads)
+    engine = Path(engine)
+    det = EdgeDetector.load(engine, device=device)
+    frame = make_frame(det.pipeline, points)
+    report = {"engine": str(engine), "backend": det.backend, "points": points, "frames": frames,
+              "engine_stats": measure(det, frame, frames), "peak_rss_mb_engine": peak_rss_mb()}
+    if reference is None and not engine.is_dir():
+        reference = Path(json.loads(manifest_path(engine).read_text()).get("source_run", ""))
+    if reference is not None and (reference / "model.json").exists():
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        plain = EdgeDetector.load(reference, device=device)
+        report["torch_numpy_geometry_stats"] = measure(plain, frame, reference_frames)
+        eager = EdgeDetector.load(reference, device=device)
+        eager.pipeline.ops = TorchEagerOps(device)
+        report["torch_eager_stats"] = measure(eager, frame, reference_frames)
+        report["peak_rss_mb_process"] = peak_rss_mb()
+        report["reference"] = str(reference)
+        for key in ("torch_eager", "torch_numpy_geometry"):
+            report[f"speedup_vs_{key}"] = report[f"{key}_stats"]["total"]["median"] / \
+                report["engine_stats"]["total"]["median"]
+    return report
+
+
+def make_frame(pipeline, n: int, seed: int = 0) -> np.ndarray:
+    """(n, 3) float32 mm: the pipeline's stored reference shape resampled to n points with sensor-like noise."""
+    meta, arrays = pipeline.state()
+    ref = arrays.get("reference")
+    rng = np.random.default_rng(seed)
+    if ref is None or len(ref) == 0:
+        ref = rng.normal(size=(4096, 3))
+        ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    scale = float(meta["normalization"]["scale"])
+    pick = rng.integers(0, len(ref), n)
+    return ((ref[pick] + rng.normal(scale=0.01, size=(n, 3))) * scale + 250.0).astype(np.float32)
+
+
+def measure(det, frame: np.ndarray, frames: int, warmup: int = 2) -> dict:
+    """Median and p95 per stage (ms) over ``frames`` detections after ``warmup``, and frames per second."""
+    for _ in range(warmup):
+        det.detect(frame)
+    gc.collect()
+    rows = [det.detect(frame).timings_ms for _ in range(frames)]
+    stats = {s: {"median": float(np.median([r[s] for r in rows])),
+                 "p95": float(np.percentile([r[s] for r in rows], 95))} for s in STAGES}
+    stats["fps"] = 1000.0 / stats["total"]["median"]
+    return stats
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['engine']} ({r['backend']}), {r['points']} points/frame"]
+    rows = [("engine", "engine_stats", r["frames"])]
+    rows += [("torch eager (brute-force torch geometry)", "torch_eager_stats", None),
+             ("torch network + numpy geometry", "torch_numpy_geometry_stats", None)]
+    for label, key, _ in rows:
+        if key not in r:
+            continue
+        s = r[key]
+        stages = "  ".join(f"{st} {s[st]['median']:.1f}/{s[st]['p95']:.1f}" for st in STAGES)
+        lines.append(f"  {label}: {stages} ms (median/p95), {s['fps']:.2f} frames/s")
+    lines.append(f"  peak RSS: engine {r['peak_rss_mb_engine']:.0f} MB"
+                 + (f", whole process with the torch references {r['peak_rss_mb_process']:.0f} MB"
+                    if "peak_rss_mb_process" in r else ""))
+    if "speedup_vs_torch_eager" in r:
+        lines.append(f"  speed-up: {r['speedup_vs_torch_eager']:.1f}x vs torch eager, "
+                     f"{r['speedup_vs_torch_numpy_geometry']:.2f}x vs torch network + numpy geometry")
+    return "\n".join(lines)
+
+
+class TorchEagerOps:
+    """Geometry as typical PyTorch research code writes it (brute force on tensors); edgead.ops signatures."""
+
+    def __init__(self, device: str = "cpu", chunk: int = 8192):
+        import torch
+
+        self.torch, self.device, self.chunk = torch, device, chunk
+
+    def _t(self, a):
+        return self.torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
+
+    def farthest_point_sample(self, points, m, start=0):
+        torch = self.torch
+        xyz = self._t(points)
+        idx = torch.empty(m, dtype=torch.long)
+        dist = torch.full((len(xyz),), float("inf"), device=xyz.device)
+        far = int(start)
+        for i in range(m):
+            idx[i] = far
+            dist = torch.minimum(dist, ((xyz - xyz[far]) ** 2).sum(-1))
+            far = int(torch.argmax(dist))
+        return idx.numpy()
+
+    def knn(self, query, ref, k):
+        torch = self.torch
+        r = self._t(ref)
+        ds, ids = [], []
+        for q in self._t(query).split(self.chunk):
+            d, i = torch.cdist(q, r).topk(k, dim=1, largest=False)
+            ds.append(d)
+            ids.append(i)
+        return torch.cat(ds).cpu().numpy(), torch.cat(ids).cpu().numpy()
+
+    def group(self, points, centers, k):
+        _, idx = self.knn(centers, points, k)
+        return (points[idx] - centers[:, None, :]).astype(np.float32), idx
+
+    def nearest_distance(self, query, ref):
+        return self.knn(query, ref, 1)[0][:, 0]
