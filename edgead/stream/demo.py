@@ -78,19 +78,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", choices=("latest", "every"), default="every")
 
 
+def build_demo_engine(engine: Path, threshold_file: Path, n_calibration: int = 30) -> dict:
+    """Fit the template demo engine on synthetic good parts and its F1-optimal threshold on held-out synthetic scans
+    (good and defective, a seed the demo does not replay). Returns the threshold calibration document."""
+    import json
+    import shutil
+
+    from edgead.calibrate import calibrate_threshold
+    from edgead.detector import EdgeDetector
+    from edgead.train import train
+
+    shutil.rmtree(engine, ignore_errors=True)
+    train("template", train_scans(), engine)
+    scans = [(kind, demo_scan(kind, CALIBRATION_SEED, i).points) for i, kind in enumerate(demo_kinds(n_calibration))]
+    doc = calibrate_threshold(EdgeDetector.load(engine), [p for k, p in scans if k == "good"],
+                              [p for k, p in scans if k != "good"])
+    threshold_file.parent.mkdir(parents=True, exist_ok=True)
+    threshold_file.write_text(json.dumps({**doc, "engine": engine.name}, indent=2))
+    return doc
+
+
 def load_engine(args):
     from edgead.detector import EdgeDetector
     from edgead.stream.service import threshold_arg
 
     engine, threshold = args.engine, threshold_arg(args.threshold)
-    if engine is None and (ENGINE / "model.json").exists():
-        engine, threshold = ENGINE, threshold if threshold is not None else THRESHOLD
-    if engine is None:  # an install without the repository's engines/: fit the template engine now (seconds)
-        from edgead.train import train
-
-        engine = Path(tempfile.mkdtemp(prefix="edgead-demo-"))
-        print(f"edgead demo: {ENGINE} not found; fitting the template demo engine in {engine}", file=sys.stderr)
-        train("template", train_scans(), engine)
+    if engine is None:
+        if not (ENGINE / "model.json").exists():  # an install without the repository's engines/: build it now
+            tmp = Path(tempfile.mkdtemp(prefix="edgead-demo-"))
+            print(f"edgead demo: {ENGINE} not found; building the demo engine in {tmp} (seconds)", file=sys.stderr)
+            build_demo_engine(tmp / "demo", tmp / "demo_threshold.json")
+            engine, default_threshold = tmp / "demo", tmp / "demo_threshold.json"
+        else:
+            engine, default_threshold = ENGINE, THRESHOLD
+        threshold = default_threshold if threshold is None else threshold
     return EdgeDetector.load(engine, threshold=threshold)
 
 
