@@ -4,6 +4,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import asdict
 
 import msgpack
 import numpy as np
@@ -12,6 +13,7 @@ import zmq
 import zmq.auth
 from stream_helpers import detector, part, recv_result, running_service, template_run, wait_status
 
+from edgead.calibrate import calibrate_scene, crop
 from edgead.stream import protocol
 from edgead.stream.protocol import encode_frame
 
@@ -70,6 +72,23 @@ def test_bad_frames_get_error_results_and_the_service_goes_on():
     assert results[-2]["status"] == "error" and results[-2]["seq"] is None and "3 parts" in results[-2]["error"]
     assert results[-1]["status"] == "ok" and results[-1]["seq"] == 99 and results[-1]["anomalous"] is False
     assert status["errors"] == len(cases) + 1 and status["frames_out"] == len(cases) + 2
+
+
+def test_scene_crop_removes_the_conveyor_before_detection(tmp_path):
+    rng = np.random.default_rng(0)
+    belt = np.c_[rng.uniform(-60, 60, 4000), rng.uniform(-50, 50, 4000), rng.normal(0, 0.1, 4000)]
+    block = part(4)  # stands on the belt: its lowest points are at z = 0
+    scene = calibrate_scene(np.r_[belt, block].astype(np.float32), tol=0.5, min_height=1.0)
+    (tmp_path / "scene.json").write_text(json.dumps(asdict(scene)))
+    frame = np.r_[belt, block].astype(np.float32)
+    with running_service(policy="every", queue=4, scene=str(tmp_path / "scene.json")) as (_, sensor, client):
+        wait_status(client)
+        sensor.send_multipart(encode_frame(frame, 0, "cam"))
+        res = recv_result(client)
+    kept = crop(frame, scene)
+    assert res["status"] == "ok" and res["n_points"] == len(kept) and len(block) * 0.9 < len(kept) <= len(block)
+    assert res["anomalous"] is False and "crop" in res["latency_ms"]
+    assert detector().detect(frame).anomalous is True  # uncropped, the belt is far from the reference part
 
 
 @pytest.mark.parametrize("policy", ["latest", "every"])
