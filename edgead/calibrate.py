@@ -83,16 +83,13 @@ def fit_plane(points: np.ndarray, tol: float, iters: int = 500, seed: int = 0) -
 
 def calibrate_scene(points: np.ndarray, tol: float = 1.0, min_height: float | None = None,
                     max_height: float = 500.0, margin: float = 0.0, seed: int = 0) -> Scene:
-    """Scan of the empty (or loaded) conveyor -> Scene. The ROI spans the plane inliers' extent (+ ``margin``) and
-    heights (``min_height`` = 3 tol by default, so the belt itself is cut, up to ``max_height``)."""
+    """Scan of the empty (or loaded) conveyor, in the sensor's frame -> Scene. The normal points to the sensor; the
+    ROI spans the plane inliers' extent (+ ``margin``) and heights from ``min_height`` (3 tol by default, so the
+    belt itself is cut) to ``max_height``."""
     n, inliers = fit_plane(points, tol, seed=seed)
-    pts = points[np.isfinite(points).all(1)]
     plane = points[inliers]
     origin = plane.mean(0)
-    h = (pts - origin) @ n
-    off = h[np.abs(h) >= tol]
-    # parts stand on the side with most off-plane points; with none, the side facing the sensor (at the origin)
-    if (off > 0).sum() < (off < 0).sum() or (len(off) == 0 and origin @ n > 0):
+    if origin @ n > 0:  # the sensor (at the origin of its frame) sees the side of the belt the parts are on
         n = -n
     u = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
     u /= np.linalg.norm(u)

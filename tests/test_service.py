@@ -77,10 +77,10 @@ def test_bad_frames_get_error_results_and_the_service_goes_on():
 def test_scene_crop_removes_the_conveyor_before_detection(tmp_path):
     rng = np.random.default_rng(0)
     belt = np.c_[rng.uniform(-60, 60, 4000), rng.uniform(-50, 50, 4000), rng.normal(0, 0.1, 4000)]
-    block = part(4)  # stands on the belt: its lowest points are at z = 0
-    scene = calibrate_scene(np.r_[belt, block].astype(np.float32), tol=0.5, min_height=1.0)
+    block = part(4)  # stands on the belt (z = 0 .. 10), towards a sensor 300 mm above
+    frame = (np.r_[belt, block] - [0, 0, 300]).astype(np.float32)
+    scene = calibrate_scene(frame, tol=0.5, min_height=1.0)
     (tmp_path / "scene.json").write_text(json.dumps(asdict(scene)))
-    frame = np.r_[belt, block].astype(np.float32)
     with running_service(policy="every", queue=4, scene=str(tmp_path / "scene.json")) as (_, sensor, client):
         wait_status(client)
         sensor.send_multipart(encode_frame(frame, 0, "cam"))
