@@ -195,3 +195,13 @@ def test_results_use_plain_msgpack_types_only():
                 raw.append(client.recv_multipart())
     for _, payload in raw:
         msgpack.unpackb(payload, ext_hook=lambda code, data: pytest.fail(f"ext type {code}"), strict_map_key=True)
+
+
+@pytest.mark.skipif(not (EXAMPLES.parent / "engines" / "demo" / "model.json").exists(), reason="no demo engine")
+def test_demo_threshold_was_calibrated_for_the_shipped_engine():
+    from edgead.detector import EdgeDetector
+    from edgead.stream.demo import ENGINE, THRESHOLD
+
+    doc = json.loads(THRESHOLD.read_text())
+    assert doc["model_hash"] == EdgeDetector.load(ENGINE).model_hash  # else: python engines/make_demo.py
+    assert doc["method"] == "f1" and doc["n_normal"] > 0 and doc["n_anomalous"] > 0
