@@ -61,7 +61,11 @@ class ServiceConfig:
 
 
 class FrameBuffer:
-    """The hand-over from receiver to worker, where the flow-control policy drops frames (and counts them)."""
+    """The hand-over from receiver to worker, where the flow-control policy drops frames (and counts them).
+
+    ``latest`` does here what ZMQ_CONFLATE would do in the socket, which cannot: conflate breaks multipart messages
+    and counts nothing. The receiver drains the socket continuously, so frames wait here, not in ZeroMQ's queues.
+    """
 
     def __init__(self, policy: str, size: int):
         self.latest = policy == "latest"
@@ -85,11 +89,11 @@ class FrameBuffer:
             self.cond.wait_for(lambda: self.items, timeout)
             return self.items.popleft() if self.items else None
 
-    def clear(self) -> int:
+    def clear(self) -> None:
+        """Drop (and count) what is still waiting: at shutdown."""
         with self.cond:
-            n, self.dropped = len(self.items), self.dropped + len(self.items)
+            self.dropped += len(self.items)
             self.items.clear()
-            return n
 
 
 class Stats:
