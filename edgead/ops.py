@@ -154,19 +154,21 @@ def plane_step(src: np.ndarray, dst: np.ndarray, normals: np.ndarray) -> tuple[n
 
 def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: float = 0.9,
               tol: float = 1e-6, normals: np.ndarray | None = None, tree: KDTree | None = None,
-              ) -> tuple[np.ndarray, np.ndarray]:
+              init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Align ``source`` to ``target`` (ICP from bounding-box centres). (M, 3), (N, 3) -> R, t.
 
     Matches go from source to target, so a one-sided scan (source) aligns to a full 360-degree template (target).
     Each iteration keeps the ``trim`` fraction of closest pairs so that defects and clutter do not pull the fit.
     Point-to-point by default; with the target's ``normals`` (N, 3) point-to-plane, which does not creep along
-    smooth surfaces and converges in a few iterations. ``tree``: a prebuilt ``KDTree(target)`` to reuse.
-    Apply as ``source @ R.T + t``.
+    smooth surfaces and converges in a few iterations. ``tree``: a prebuilt ``KDTree(target)`` to reuse;
+    ``init``: a starting pose (R, t) instead of the bounding-box centres. Apply as ``source @ R.T + t``.
     """
     if tree is None:
         tree = KDTree(np.ascontiguousarray(target, dtype=np.float32))
-    r = np.eye(3, dtype=np.float32)
-    t = (bbox_center(target) - bbox_center(source)).astype(np.float32)
+    if init is None:
+        r, t = np.eye(3, dtype=np.float32), (bbox_center(target) - bbox_center(source)).astype(np.float32)
+    else:
+        r, t = (np.asarray(a, dtype=np.float32) for a in init)
     prev = np.inf
     for _ in range(iters):
         moved = (source @ r.T + t).astype(np.float32)

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -112,3 +113,31 @@ def test_bad_training_input(tmp_path):
         template.train([part_scan(2000, 0)[0], part_scan(5, 1)[0]], tmp_path)
     with pytest.raises(ValueError, match="'reference' and 'normals'"):
         template.Pipeline.from_state({"kind": "template"}, {"reference": np.zeros((100, 3), np.float32)})
+
+
+def elbow_scan(n, seed, *, one_sided=False, deg=4.0):
+    """A quarter-torus pipe elbow (bend radius 40 mm, pipe radius 10 mm); one-sided: the half facing a camera."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.uniform(0, np.pi / 2, 3 * n), rng.uniform(0, 2 * np.pi, 3 * n)
+    normal = np.c_[np.cos(v) * np.cos(u), np.cos(v) * np.sin(u), np.sin(v)]
+    p = np.c_[40 * np.cos(u), 40 * np.sin(u), np.zeros_like(u)] + 10 * normal
+    if one_sided:
+        p = p[normal @ (np.array([0.5, -0.3, 0.8]) / np.sqrt(0.98)) > 0.1]
+    p = p[:n] + rng.normal(scale=0.05, size=(min(n, len(p)), 3))
+    return (p @ (template.rotation(2, deg) @ template.rotation(0, deg / 2)).T + [500, 200, 800]).astype(np.float32)
+
+
+def test_restarts_rescue_a_trapped_alignment(tmp_path):
+    pipe = template.train([elbow_scan(20000, s, deg=s) for s in range(3)], tmp_path)
+    assert pipe.config.fit_tolerance > 0  # learnt from the training scans (leave one out)
+    no_restarts = template.Pipeline(pipe.reference, pipe.normals, replace(pipe.config, fit_tolerance=np.inf))
+    plain, restarted = [], []
+    for seed, deg in ((30, 35), (30, 40), (31, 35), (31, 40)):  # one-sided views, turned by 35-40 degrees
+        pts = elbow_scan(8000, seed, one_sided=True, deg=0)
+        c = ops.bbox_center(pts)
+        pts = (pts - c) @ template.rotation(1, deg).T + c
+        for p, out in ((no_restarts, plain), (pipe, restarted)):
+            r, t = p.align(pts)
+            out.append(np.median(ops.nearest_distance(pts @ r.T + t, p.reference)))
+    assert max(plain) > 0.5  # from the box centres ICP settles in a wrong minimum for some of them ...
+    assert max(restarted) < 0.2  # ... and a restart finds the right one

@@ -1,16 +1,17 @@
 """``template``: the golden-sample baseline a line engineer tries first.
 
 Training aligns every normal scan to the first one (ICP), merges them and thins the union to a reference cloud of
-bounded size. Inference aligns the test scan to the reference (bounding-box centres, then trimmed ICP on a
-subsample) and scores each point by its distance to the nearest reference point, in sensor units (mm): no network,
-no normalisation, so the scores mean what they say. The object score is the maximum.
+bounded size. Inference aligns the test scan to the reference (bounding-box centres, then trimmed point-to-plane
+ICP on a subsample, restarted from a few perturbed poses when the fit is worse than the training scans' fits) and
+scores each point by its distance to the nearest reference point, in sensor units (mm): no network, no
+normalisation, so the scores mean what they say. The object score is the maximum.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,13 @@ from edgead import ops
 class TemplateConfig:
     max_reference: int = 100_000  # reference points kept after voxel thinning
     align_points: int = 4096  # test points (stride subsample) used for ICP
+    coarse_points: int = 512  # points used to compare starting poses
     icp_iters: int = 30  # point-to-plane ICP converges in well under 10 on parts with small pose changes
     trim: float = 0.9  # fraction of closest pairs each ICP step fits, so defects do not pull the pose
+    restart_iters: int = 10  # enough to tell a right basin from a wrong one
+    start_angle: float = 20.0  # degrees: restarts rotate the scan by +-this about each axis ...
+    start_shift: float = 0.1  # ... or shift it by +-this fraction of the reference's extent along each axis
+    fit_tolerance: float = 0.0  # mm^2: a first fit with a larger trimmed residual tries the restarts (0: always)
 
 
 @dataclass
@@ -39,11 +45,42 @@ class Pipeline:
     def __post_init__(self):
         self.tree = KDTree(self.reference)
 
+    def icp(self, points: np.ndarray, init=None, iters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return ops.rigid_icp(points, self.reference, iters=iters or self.config.icp_iters, trim=self.config.trim,
+                             normals=self.normals, tree=self.tree, init=init)
+
+    def residual(self, points: np.ndarray, r: np.ndarray, t: np.ndarray) -> float:
+        """Trimmed mean squared distance (mm^2) of the posed points to the reference: the fit ICP minimises."""
+        dist, _ = self.tree.query(np.ascontiguousarray(points @ r.T + t, dtype=np.float32), k=1)
+        return trimmed_mean_square(dist, self.config.trim)
+
+    def starts(self, points: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Perturbed starting poses: the bounding-box centres matched, then the scan rotated about its centre by
+        +-start_angle about each axis, or shifted by +-start_shift of the part's extent. A one-sided view's box
+        centre is not the part's, and ICP from there can settle in a wrong local minimum."""
+        c, c_ref = ops.bbox_center(points), ops.bbox_center(self.reference)
+        shift = self.config.start_shift * float(np.ptp(self.reference, axis=0).max())
+        out = []
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                r = rotation(axis, sign * self.config.start_angle)
+                out.append((r, c_ref - r @ c))
+                out.append((np.eye(3, dtype=np.float32), c_ref - c + sign * shift * np.eye(3, dtype=np.float32)[axis]))
+        return out
+
     def align(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3) -> R (3, 3), t (3,) mapping the frame onto the reference as ``points @ R.T + t``."""
         sub = points[ops.stride_subsample(len(points), self.config.align_points)]
-        return ops.rigid_icp(sub, self.reference, iters=self.config.icp_iters, trim=self.config.trim,
-                             normals=self.normals, tree=self.tree)
+        coarse = sub[ops.stride_subsample(len(sub), self.config.coarse_points)]
+        pose = self.icp(coarse)
+        err = self.residual(coarse, *pose)
+        if err > self.config.fit_tolerance:
+            for init in self.starts(coarse):
+                cand = self.icp(coarse, init, self.config.restart_iters)
+                cand_err = self.residual(coarse, *cand)
+                if cand_err < err:
+                    pose, err = cand, cand_err
+        return self.icp(sub, pose)
 
     def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         return {}, self.align(points)
@@ -66,6 +103,21 @@ class Pipeline:
                    TemplateConfig(**{k: v for k, v in meta.items() if k in known}))
 
 
+def trimmed_mean_square(dist: np.ndarray, trim: float) -> float:
+    """Mean of the squares of the ``trim`` fraction of smallest distances. (M,) -> float."""
+    keep = max(1, int(trim * len(dist)))
+    return float(np.mean(np.partition(dist, keep - 1)[:keep].astype(np.float64) ** 2))
+
+
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """(3, 3) float32 rotation about coordinate axis ``axis``."""
+    a = np.radians(degrees)
+    i, j = [k for k in range(3) if k != axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = np.cos(a), -np.sin(a), np.sin(a), np.cos(a)
+    return m.astype(np.float32)
+
+
 def voxel_thin(points: np.ndarray, max_points: int) -> np.ndarray:
     """Replace the points in each cubic voxel by their mean, with the voxel size grown until at most ``max_points``
     remain. (N, 3) -> (M, 3) float32, M <= max_points. Averaging also cancels part of the sensor noise."""
@@ -84,8 +136,8 @@ def voxel_thin(points: np.ndarray, max_points: int) -> np.ndarray:
     return (sums / counts[:, None]).astype(np.float32)
 
 
-def build_reference(clouds: list[np.ndarray], config: TemplateConfig) -> np.ndarray:
-    """Align every training cloud to the first, merge and thin. list of (N_i, 3) -> (M, 3) float32."""
+def align_training(clouds: list[np.ndarray], config: TemplateConfig) -> list[np.ndarray]:
+    """Every training cloud (finite points) aligned to the first, with restarts. list of (N_i, 3) -> same."""
     if not clouds:
         raise ValueError("template: no training clouds")
     clouds = [np.asarray(c, dtype=np.float32) for c in clouds]
@@ -93,14 +145,19 @@ def build_reference(clouds: list[np.ndarray], config: TemplateConfig) -> np.ndar
     for i, c in enumerate(clouds):
         if len(c) < Pipeline.min_points:
             raise ValueError(f"template: training cloud {i} has {len(c)} finite points, need {Pipeline.min_points}")
-    first = clouds[0]
-    normals = ops.estimate_normals(first)
-    merged = [first]
-    for c in clouds[1:]:
-        sub = c[ops.stride_subsample(len(c), 4 * config.align_points)]
-        r, t = ops.rigid_icp(sub, first, iters=config.icp_iters, trim=config.trim, normals=normals)
-        merged.append(c @ r.T + t)
-    return voxel_thin(np.concatenate(merged), config.max_reference)
+    first = Pipeline(clouds[0], ops.estimate_normals(clouds[0]), replace(config, fit_tolerance=0.0))
+    return [clouds[0]] + [(c @ r.T + t).astype(np.float32) for c in clouds[1:] for r, t in [first.align(c)]]
+
+
+def fit_tolerance(aligned: list[np.ndarray], config: TemplateConfig, factor: float = 2.0) -> float:
+    """``factor`` times the worst leave-one-out residual (mm^2): each aligned training scan against the reference
+    built from the others, i.e. how well a new good scan fits. 0 (always restart) with a single training scan."""
+    worst = 0.0
+    for i, c in enumerate(aligned if len(aligned) > 1 else []):
+        others = voxel_thin(np.concatenate(aligned[:i] + aligned[i + 1:]), config.max_reference)
+        coarse = c[ops.stride_subsample(len(c), config.coarse_points)]
+        worst = max(worst, trimmed_mean_square(ops.nearest_distance(coarse, others), config.trim))
+    return factor * worst
 
 
 def train(clouds: list[np.ndarray], out: Path, opts=None, config: TemplateConfig | None = None) -> Pipeline:
@@ -108,7 +165,9 @@ def train(clouds: list[np.ndarray], out: Path, opts=None, config: TemplateConfig
     from edgead.detectors import save_pipeline
 
     config = config or TemplateConfig()
-    reference = build_reference(clouds, config)
+    aligned = align_training(clouds, config)
+    reference = voxel_thin(np.concatenate(aligned), config.max_reference)
+    config = replace(config, fit_tolerance=fit_tolerance(aligned, config))
     pipeline = Pipeline(reference, ops.estimate_normals(reference), config)
     meta, arrays = pipeline.state()
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + arrays["reference"].tobytes()).hexdigest()
