@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -73,14 +74,18 @@ def read_labeled(path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         if not path.is_file():
             raise PointCloudError(path, "no such file" if not path.exists() else "not a regular file")
-        points, labels = readers[suffix](path)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. loadtxt on a file of comments only
+            points, labels = readers[suffix](path)
     except PointCloudError:
         raise
     except MemoryError as exc:  # a header asking for absurd sizes that slipped past the checks
         raise PointCloudError(path, "file claims more data than can be held in memory") from exc
     except (OSError, ValueError, TypeError, IndexError, KeyError, OverflowError, struct.error, EOFError,
-            zipfile.BadZipFile, UnicodeDecodeError) as exc:
+            zipfile.BadZipFile, UnicodeDecodeError, SyntaxError) as exc:
         raise PointCloudError(path, f"malformed {suffix[1:].upper()} file ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # a reader meets arbitrary bytes: whatever a library raises, say which file it was
+        raise PointCloudError(path, f"unreadable {suffix[1:].upper()} file ({type(exc).__name__}: {exc})") from exc
     return _finish(path, points, labels)
 
 
@@ -379,7 +384,10 @@ def _pcd_compressed(path, body: memoryview, rec: np.dtype, npts: int) -> np.ndar
         return np.zeros(0, dtype=rec)
     if csize == 0 or need > _LZF_MAX_RATIO * csize + 1024:
         raise PointCloudError(path, f"bad data: {csize} compressed bytes cannot hold {need} bytes")
-    raw = lzf.decompress(bytes(body[8:8 + csize]), need)
+    try:
+        raw = lzf.decompress(bytes(body[8:8 + csize]), need)
+    except ValueError:
+        raw = None
     if raw is None or len(raw) != need:
         raise PointCloudError(path, "bad data: LZF stream is corrupt or does not match the header")
     arr = np.empty(npts, dtype=rec)
@@ -545,12 +553,13 @@ def _integral(col: np.ndarray) -> bool:
 
 
 def _read_npy(path: Path):
-    arr = np.load(path, allow_pickle=False)
-    return _array_to_cloud(path, arr)
+    # memory-mapped first, so that a header claiming more data than the file holds fails before any allocation
+    arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    return _array_to_cloud(path, np.array(arr))
 
 
 def _read_npz(path: Path):
-    with np.load(path, allow_pickle=False) as z:
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # our handle: closed even when zip fails
         keys = list(z.keys())
         if not keys:
             raise PointCloudError(path, "empty NPZ archive (no arrays)")

@@ -115,7 +115,7 @@ class Planar:
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         box = float(np.prod(self._hi - self._lo))
-        got, total = [], 0
+        got, total = [np.zeros((0, 2))], 0
         while total < n:
             m = int((n - total) * box / max(self.area, 1e-9) * 1.1) + 16
             ab = self._lo + rng.random((m, 2)) * (self._hi - self._lo)
@@ -373,6 +373,7 @@ def box_housing() -> list:
 PARTS = {"hex_bolt": hex_bolt, "spur_gear": spur_gear, "l_bracket": l_bracket, "pipe_elbow": pipe_elbow,
          "bottle": bottle, "box_housing": box_housing}
 CATEGORIES = tuple(PARTS)
+DEFECT_SCALE = {"hex_bolt": 0.75}  # the bolt is long and thin: scale its defects to the shank and head
 
 
 @dataclass
@@ -381,6 +382,7 @@ class Part:
     surfaces: list
     area: float  # mm^2
     size: float  # largest bounding-box extent, mm
+    defect_size: float  # the length defects scale with: ``size`` except for slender parts
 
 
 @cache
@@ -390,7 +392,8 @@ def build_part(name: str) -> Part:
     surfaces = PARTS[name]()
     pts, _ = sample_surfaces(surfaces, np.random.default_rng(0), 20_000)
     ext = pts.max(0) - pts.min(0)
-    return Part(name, surfaces, float(sum(s.area for s in surfaces)), float(ext.max()))
+    return Part(name, surfaces, float(sum(s.area for s in surfaces)), float(ext.max()),
+                float(ext.max()) * DEFECT_SCALE.get(name, 1.0))
 
 
 # --------------------------------------------------------------------------------------------------------- defects
@@ -428,9 +431,9 @@ def apply_defect(kind: str, pts, nrm, ci: int, size: float, density: float, rng:
         labels[sel[k > 0.05]] = 1
         desc.update(radius=r, height=hgt)
     elif kind == "scratch":
-        length = size * rng.uniform(0.12, 0.22)
-        width = max(size * rng.uniform(0.01, 0.016), 2.5 / np.sqrt(nominal_density))  # a few points across
-        depth = width * rng.uniform(0.6, 1.0)
+        length, width = size * rng.uniform(0.12, 0.22), size * rng.uniform(0.01, 0.016)
+        depth = width * rng.uniform(0.5, 0.8)
+        width = max(width, 2.5 / np.sqrt(nominal_density))  # at least a few points across at the scan's density
         t = _tangent(nc, rng)
         b = np.cross(nc, t)
         sel = np.flatnonzero(_near(pts, nrm, c, nc, length / 2 + width))
@@ -460,7 +463,7 @@ def apply_defect(kind: str, pts, nrm, ci: int, size: float, density: float, rng:
         labels = np.concatenate([lab_old, np.ones(int(keep.sum()), np.uint8)])
         desc.update(radius=rb)
     elif kind == "pit":
-        rp, dp = size * rng.uniform(0.025, 0.04), size * rng.uniform(0.012, 0.022)
+        rp, dp = size * rng.uniform(0.03, 0.045), size * rng.uniform(0.012, 0.022)
         rel = pts - c
         radial = rel - np.outer(rel @ nc, nc)
         gone = (np.linalg.norm(radial, axis=1) < rp) & (nrm @ nc > 0.0) & (np.abs(rel @ nc) < rp)
@@ -541,7 +544,7 @@ def make_scan(category: str, kind: str, *, seed: int, index: int, split: str, n_
     part = build_part(category)
     rng = sample_rng(seed, category, split, index)
     one_sided = track == "scan" and split == "test"
-    n_dense = int(n_points * (2.2 if one_sided else 1.0))
+    n_dense = int(n_points * (3.0 if one_sided else 1.0))  # one-sided: a camera sees 20-60 % of the surface
     pts, nrm = sample_surfaces(part.surfaces, rng, n_dense)
     density = n_dense / part.area
     spacing = float(np.sqrt(part.area / n_dense))
@@ -552,7 +555,7 @@ def make_scan(category: str, kind: str, *, seed: int, index: int, split: str, n_
         el, az = np.arcsin(rng.uniform(np.sin(np.radians(25)), 1.0)), rng.uniform(0, 2 * np.pi)
         view = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
         cam = view * 4.0 * part.size
-        info["view_dir"] = view
+        info["camera"] = cam  # in the part frame, before the pose change
     labels = np.zeros(len(pts), np.uint8)
     if kind != "good":
         if one_sided:
@@ -562,7 +565,8 @@ def make_scan(category: str, kind: str, *, seed: int, index: int, split: str, n_
             cand = np.arange(len(pts))
         for _attempt in range(20):
             ci = int(cand[rng.integers(len(cand))])
-            p2, n2, l2, desc = apply_defect(kind, pts, nrm, ci, part.size, density, rng, n_points / part.area)
+            p2, n2, l2, desc = apply_defect(kind, pts, nrm, ci, part.defect_size, density, rng,
+                                            n_points / part.area)
             if one_sided:
                 vis = visible(p2, n2, cam, spacing)
                 n_lab = int(l2[vis].sum())
@@ -573,7 +577,9 @@ def make_scan(category: str, kind: str, *, seed: int, index: int, split: str, n_
         pts, nrm, labels = p2, n2, l2
         info["defect"] = desc
     if one_sided:
-        keep = visible(pts, nrm, cam, spacing)
+        keep = np.flatnonzero(visible(pts, nrm, cam, spacing))
+        if len(keep) > n_points:  # thin out uniformly to the requested size
+            keep = np.sort(rng.choice(keep, n_points, replace=False))
         pts, nrm, labels = pts[keep], nrm[keep], labels[keep]
 
     # sensor noise and flying pixels
