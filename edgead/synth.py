@@ -707,7 +707,8 @@ def generate(out, *, seed: int = 0, track: str = "full", categories=None, points
     out.mkdir(parents=True, exist_ok=True)
     (out / "synth.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     if progress:
-        print(f"wrote {len(results)} scans of {len(categories)} categories to {out} in {time.time() - t0:.1f} s")
+        what = "category" if len(categories) == 1 else "categories"
+        print(f"wrote {len(results)} scans of {len(categories)} {what} to {out} in {time.time() - t0:.1f} s")
     return meta
 
 
