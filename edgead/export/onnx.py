@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import copy
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def export(graph, feeds: dict[str, np.ndarray], path: Path, half: bool = False) 
 
     # optimize=False: the exporter's onnxscript optimizer drops ``x + 1e-8`` (seen with torch 2.13 / onnxscript
     # 0.7: DUS-Net's inverse-distance weights became 1 / sqrt(0) = inf). ONNX Runtime and TensorRT fuse anyway.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
     model = _half(graph) if half else graph
     args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in graph.input_names)
     buf = io.BytesIO()
