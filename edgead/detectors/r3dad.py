@@ -37,8 +37,9 @@ class R3DADConfig:
     align: bool = True  # rigidly align each frame to the stored training reference (ICP) before subsampling
     ref_points: int = 2048  # size of that reference, and of the frame subsample ICP runs on
     # training
-    steps: int = 1500
-    batch_size: int = 16
+    steps: int = 1200
+    batch_size: int = 8
+    views: int = 128  # FPS training views drawn from the normal clouds before training
     lr: float = 1e-3
     patch_ratio: float = 1 / 32  # Patch-Gen selection ratio (Table 4a)
     patch_scale: float = 0.1  # Patch-Gen scaling factor S (Table 4b)
@@ -76,15 +77,16 @@ def subsample_indices(points: np.ndarray, m: int, geometry: ModuleType = ops) ->
 
 
 def cluster_distance(points: np.ndarray, recon: np.ndarray, k: int, geometry: ModuleType = ops) -> np.ndarray:
-    """Algorithm 3's score: KNN clusters of each input point in the input and in the reconstruction.
+    """Algorithm 3's score: the k-NN cluster of each input point compared with the same cluster reconstructed.
 
-    (M, 3), (M, 3) -> (M,): mean squared distance between the j-th nearest neighbours of p_i among the input points
-    and among the reconstructed points, j = 1..k. Square-rooted so that it is a length, like the NN distance.
+    (M, 3), (M, 3) -> (M,). The reconstruction is aligned with the input point by point (point i of ``recon``
+    descends from point i of ``points``), so cluster_i = the k nearest input points of p_i and its reconstruction
+    is the same indices in ``recon``; the score is the root mean squared displacement over the cluster. Averaging
+    over a cluster keeps an isolated flying pixel from outscoring a real defect of many points.
     """
-    k = min(k, len(points))
-    _, own = geometry.knn(points, points, k)
-    _, rec = geometry.knn(points, recon, k)
-    return np.sqrt(((points[own] - recon[rec]) ** 2).sum(-1).mean(1)).astype(np.float32)
+    _, idx = geometry.knn(points, points, min(k, len(points)))
+    d2 = ((points - recon) ** 2).sum(1)
+    return np.sqrt(d2[idx].mean(1)).astype(np.float32)
 
 
 def propagate(points: np.ndarray, sub: np.ndarray, sub_scores: np.ndarray, geometry: ModuleType = ops) -> np.ndarray:

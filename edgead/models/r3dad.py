@@ -1,19 +1,24 @@
 """R3D-AD networks: PointNet shape encoder, PointwiseNet denoiser, DDPM with step-wise displacement decoding.
 
-What the reverse diffusion starts from. The paper masks the *input* with the forward process (eq. 2, Fig. 2:
-"P_a^(T)", "masked points ... are the inputs of the SWD decoder"; Algorithm 3: "noise is progressively removed from
-a simulated noisy version of the cloud"), so decoding starts from x_T = sqrt(abar_T) P' + sqrt(1 - abar_T) z, not
-from pure N(0, I) noise. The Gaussian "Delta^(T) ~ N(0, I)" of Algorithm 3 is that masking noise z. Every reverse
-step then adds a point-wise displacement Delta^(t) = x_(t-1) - x_t (eq. 6, P_r^(t) = P_r^(t+1) + Delta^(t)), so
-point i of the reconstruction descends from input point i; the total displacement is recon - P'. Starting from the
-masked input (abar_200 = 0.132 with the linear 1e-4..0.02 schedule, so the input survives with weight 0.36) is
-what makes the reconstruction aligned with the input, which the distance scores need.
+What the reverse diffusion starts from. Algorithm 3 is read literally: the diffused variable is the point-wise
+*displacement* Delta, not the point positions. Sampling starts from Delta^(T) ~ N(0, I) (one 3-vector per input
+point), every reverse step (eq. 6) updates the displacement, and the reconstruction is P_hat = P' + Delta^(0).
+Point i of the reconstruction is therefore point i of the input moved by its own displacement: the reconstruction is
+aligned with the input by construction ("consistent spatial transform"), normal regions decode to ~zero
+displacement and only anomalous regions move, which is what the distance scores need. A point-wise network cannot
+produce a point-specific displacement without knowing where the point is, so epsilon_theta sees the input point
+P' next to Delta^(t) (a 6-d point feature; c carries the global shape, as in the paper).
 
-Training (Algorithm 2, "relative"): x_t is the noised *anomalous* cloud P_a (Patch-Gen), the network predicts the
-noise, and the loss compares the implied one-step reconstruction x0_hat = P_a + Delta with the *clean* cloud P', so
-the predicted noise carries the displacement that removes the defect (eq. 9).
+Training (Algorithm 2, "relative"): Delta^(0) = P' - P_a is the displacement that removes the Patch-Gen defect
+(zero outside the patch). It is noised with eq. 2, the network predicts the noise from (P_a, Delta^(t), beta_t, c),
+and the loss compares P_a + Delta_hat, Delta_hat being the one-step estimate implied by the predicted noise, with the
+clean P' (eq. 9).
 
-Samplers: ``sample_ddpm`` is the paper's stochastic 200-step reverse process (eq. 6, posterior variance);
+The other reading, diffusing positions from the masked input sqrt(abar_T) P' + sqrt(1 - abar_T) z (abar_200 =
+0.132), was implemented first and measured (docs/r3dad.md): its reconstructions are blurred by ~2 mm on 60 mm parts,
+above the size of the defects, and its point AUROC stayed below 0.5.
+
+Samplers: ``sample_ddpm`` is the paper's stochastic T-step reverse process (eq. 6, posterior variance);
 ``sample_ddim`` is the deterministic DDIM (eta = 0) update on a subsequence of the T steps, started from a fixed
 noise tensor. ``inference_graph`` unrolls the latter for export: no random op and no data-dependent control flow.
 """
@@ -59,22 +64,23 @@ class ConcatSquashLinear(nn.Module):
 
 
 class PointwiseNet(nn.Module):
-    """epsilon_theta(x_t, beta_t, c): per-point concatenate-squash MLP with a residual connection.
+    """epsilon_theta(Delta_t, beta_t, c | P): per-point concatenate-squash MLP with a residual connection.
 
-    Context = (beta, sin beta, cos beta) concatenated with c (section 3.3).
+    Context = (beta, sin beta, cos beta) concatenated with c (section 3.3); the point's own position P is
+    concatenated to its displacement Delta_t as input.
     """
 
     def __init__(self, hidden: tuple[int, ...], latent: int):
         super().__init__()
-        dims = (3, *hidden, 3)
+        dims = (6, *hidden, 3)
         pairs = zip(dims[:-1], dims[1:], strict=True)
         self.layers = nn.ModuleList(ConcatSquashLinear(a, b, latent + 3) for a, b in pairs)
 
-    def forward(self, x: torch.Tensor, beta: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """(B, N, 3), (B,), (B, latent) -> (B, N, 3) predicted noise."""
+    def forward(self, x: torch.Tensor, points: torch.Tensor, beta: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Delta_t (B, N, 3), P (B, N, 3), (B,), (B, latent) -> (B, N, 3) predicted noise."""
         beta = beta.view(-1, 1)
         ctx = torch.cat([beta, torch.sin(beta), torch.cos(beta), c], dim=1).unsqueeze(1)
-        h = x
+        h = torch.cat([points, x], dim=-1)
         for i, layer in enumerate(self.layers):
             h = layer(h, ctx)
             if i < len(self.layers) - 1:
@@ -112,7 +118,7 @@ class R3DAD(nn.Module):
             self.register_buffer(k, v, persistent=False)
 
     def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Invert eq. 2 with the predicted noise. (B, N, 3), (B,) long, (B, N, 3) -> (B, N, 3)."""
+        """Invert eq. 2 with the predicted noise: the one-step estimate of the clean variable. -> (B, N, 3)."""
         abar = self.abar[t].view(-1, 1, 1)
         return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
@@ -123,42 +129,37 @@ class R3DAD(nn.Module):
             t = torch.randint(1, self.cfg.num_steps + 1, (b,), device=clean.device)
         c = self.encoder(anomalous)
         abar = self.abar[t].view(-1, 1, 1)
-        x_t = abar.sqrt() * anomalous + (1 - abar).sqrt() * torch.randn_like(anomalous)
-        x0_hat = self.x0_from_eps(x_t, t, self.net(x_t, self.betas[t], c))  # = P_a^(0) + Delta
-        return paired_mse(clean, x0_hat)
-
-    def mask(self, points: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The starting state P^(T): the input fully masked by the forward process (eq. 2)."""
-        abar = self.abar[self.cfg.num_steps]
-        return abar.sqrt() * points + (1 - abar).sqrt() * z
+        d_t = abar.sqrt() * (clean - anomalous) + (1 - abar).sqrt() * torch.randn_like(anomalous)
+        delta = self.x0_from_eps(d_t, t, self.net(d_t, anomalous, self.betas[t], c))
+        return paired_mse(clean, anomalous + delta)
 
     def sample_ddpm(self, points: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The paper's stochastic reverse process over all T steps (eq. 6). (B, N, 3) -> (B, N, 3) reconstruction."""
+        """The paper's stochastic T-step reverse process (eq. 6). (B, N, 3) -> (B, N, 3) reconstruction."""
         c = self.encoder(points)
         rand = lambda: torch.randn(points.shape, generator=generator, device=points.device)  # noqa: E731
-        x = self.mask(points, rand())
+        d = rand()
         for t in range(self.cfg.num_steps, 0, -1):
             tt = torch.full((points.shape[0],), t, device=points.device, dtype=torch.long)
-            eps = self.net(x, self.betas[tt], c)
-            x = (x - self.betas[t] / (1 - self.abar[t]).sqrt() * eps) / self.alphas[t].sqrt()
+            eps = self.net(d, points, self.betas[tt], c)
+            d = (d - self.betas[t] / (1 - self.abar[t]).sqrt() * eps) / self.alphas[t].sqrt()
             if t > 1:
-                x = x + self.sigma[t] * rand()
-        return x
+                d = d + self.sigma[t] * rand()
+        return points + d
 
     def sample_ddim(self, points: torch.Tensor, z: torch.Tensor, steps: list[int]) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from the masked input with fixed noise z. (B, N, 3), (N, 3) -> (B, N, 3)."""
+        """Deterministic DDIM (eta = 0) from Delta^(T) = z. (B, N, 3), (N, 3), step list -> (B, N, 3) P' + Delta^(0)."""
         c = self.encoder(points)
-        x = self.mask(points, z)
+        d = z.expand_as(points)
         for t, t_next in zip(steps[:-1], steps[1:], strict=True):
             tt = torch.full((points.shape[0],), t, device=points.device, dtype=torch.long)
-            eps = self.net(x, self.betas[tt], c)
-            x0 = self.x0_from_eps(x, tt, eps)
-            x = self.abar[t_next].sqrt() * x0 + (1 - self.abar[t_next]).sqrt() * eps
-        return x
+            eps = self.net(d, points, self.betas[tt], c)
+            d0 = self.x0_from_eps(d, tt, eps)
+            d = self.abar[t_next].sqrt() * d0 + (1 - self.abar[t_next]).sqrt() * eps
+        return points + d
 
 
 def start_noise(num_points: int, seed: int) -> torch.Tensor:
-    """(M, 3) float32: the fixed masking noise of the deterministic sampler (CPU generator: same on every machine)."""
+    """(M, 3) float32: the fixed Delta^(T) of the deterministic sampler (CPU generator: same on every machine)."""
     return torch.randn(num_points, 3, generator=torch.Generator().manual_seed(seed))
 
 

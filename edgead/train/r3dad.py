@@ -1,8 +1,8 @@
 """Train R3D-AD (Algorithm 2) on a handful of normal clouds and write a run directory.
 
-Each step draws ``batch_size`` training views: a random cloud, a random FPS subsample of M points (random start,
-random pre-subset, so views differ while keeping the runtime's FPS density), then Patch-Gen (random rotation plus
-one simulated defect). The model learns to map the noised defective view back to the clean one.
+Each step draws ``batch_size`` training views (FPS subsamples of M points of the normal clouds, see
+:func:`view_pool`) and applies Patch-Gen to each (random rotation plus one simulated defect). The model learns
+to map the noised defective view back to the clean one.
 """
 
 from __future__ import annotations
@@ -41,20 +41,29 @@ def normalised_clouds(clouds: list[np.ndarray], cfg: R3DADConfig) -> tuple[Norma
     return norm, reference, [pipe.normalize(c) for c in clouds]
 
 
-def training_view(cloud: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
-    """(N, 3) -> (m, 3): FPS from a random start on a random subset of 4 m points (repeats when N < m)."""
-    if len(cloud) < m:
-        return cloud[rng.integers(len(cloud), size=m)]
-    pre = rng.permutation(len(cloud))[: 4 * m]
-    return cloud[pre[ops.farthest_point_sample(cloud[pre], m, int(rng.integers(len(pre))))]]
+def view_pool(clouds: list[np.ndarray], m: int, per_cloud: int, rng: np.random.Generator) -> np.ndarray:
+    """(V, m, 3) training views: FPS from a random start on a random subset of 4 m points of each cloud.
+
+    Views are drawn once (FPS is the costly part of a step) and then varied by Patch-Gen's rotation and defect.
+    FPS rather than the paper's uniform downsampling because the runtime feeds FPS subsamples: same density.
+    """
+    views = []
+    for cloud in clouds:
+        for _ in range(per_cloud):
+            if len(cloud) < m:
+                views.append(cloud[rng.integers(len(cloud), size=m)])
+                continue
+            pre = rng.permutation(len(cloud))[: 4 * m]
+            views.append(cloud[pre[ops.farthest_point_sample(cloud[pre], m, int(rng.integers(len(pre))))]])
+    return np.stack(views).astype(np.float32)
 
 
-def make_batch(clouds: list[np.ndarray], cfg: R3DADConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """(clean (B, M, 3), anomalous (B, M, 3)) float32 training pairs."""
+def make_batch(views: np.ndarray, cfg: R3DADConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(clean (B, M, 3), anomalous (B, M, 3)) float32 training pairs: Patch-Gen on random views."""
     clean, anomalous = [], []
+    max_angle = np.deg2rad(cfg.rotate_deg)
     for _ in range(cfg.batch_size):
-        view = training_view(clouds[rng.integers(len(clouds))], cfg.num_points, rng)
-        max_angle = np.deg2rad(cfg.rotate_deg)
+        view = views[rng.integers(len(views))]
         if rng.random() < cfg.patch_prob:
             r = patch_gen(view, rng, cfg.patch_ratio, cfg.patch_scale, max_angle)
             clean.append(r.clean), anomalous.append(r.anomalous)
@@ -86,6 +95,7 @@ def fit(cfg: R3DADConfig, clouds, out: Path, opts) -> None:
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     norm, reference, clouds = normalised_clouds(list(clouds), cfg)
+    views = view_pool(clouds, cfg.num_points, max(1, cfg.views // len(clouds)), rng)
     model = R3DAD(cfg).to(opts.device)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckpt_dir = out / "checkpoints"
@@ -114,7 +124,7 @@ def fit(cfg: R3DADConfig, clouds, out: Path, opts) -> None:
     with log_path.open("a") as log:
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not opts.progress, desc="r3dad")
         for step in bar:
-            clean, anomalous = (torch.from_numpy(a).to(opts.device) for a in make_batch(clouds, cfg, rng))
+            clean, anomalous = (torch.from_numpy(a).to(opts.device) for a in make_batch(views, cfg, rng))
             for g in optim.param_groups:
                 g["lr"] = lr_at(step, cfg)
             loss = model.get_loss(clean, anomalous)
@@ -123,9 +133,9 @@ def fit(cfg: R3DADConfig, clouds, out: Path, opts) -> None:
             optim.step()
             rec = {"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg), "time_s": time.perf_counter() - t0}
             log.write(json.dumps(rec) + "\n")
+            log.flush()
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-                log.flush()
                 checkpoint(step + 1)
 
     weights = out / WEIGHTS
