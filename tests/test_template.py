@@ -132,12 +132,12 @@ def test_restarts_rescue_a_trapped_alignment(tmp_path):
     assert pipe.config.fit_tolerance > 0  # learnt from the training scans (leave one out)
     no_restarts = template.Pipeline(pipe.reference, pipe.normals, replace(pipe.config, fit_tolerance=np.inf))
     plain, restarted = [], []
-    for seed, deg in ((30, 35), (30, 40), (31, 35), (31, 40)):  # one-sided views, turned by 35-40 degrees
+    for seed, deg in ((31, 35), (31, 45), (32, 40), (32, 45)):  # one-sided views, turned by 35-45 degrees
         pts = elbow_scan(8000, seed, one_sided=True, deg=0)
         c = ops.bbox_center(pts)
-        pts = (pts - c) @ template.rotation(1, deg).T + c
+        pts = (pts - c) @ template.rotation(0, deg).T + c
         for p, out in ((no_restarts, plain), (pipe, restarted)):
             r, t = p.align(pts)
             out.append(np.median(ops.nearest_distance(pts @ r.T + t, p.reference)))
-    assert max(plain) > 0.5  # from the box centres ICP settles in a wrong minimum for some of them ...
+    assert sum(m > 0.5 for m in plain) >= 2  # from the box centres ICP settles in a wrong minimum ...
     assert max(restarted) < 0.2  # ... and a restart finds the right one

@@ -68,9 +68,11 @@ class Pipeline:
                 out.append((np.eye(3, dtype=np.float32), c_ref - c + sign * shift * np.eye(3, dtype=np.float32)[axis]))
         return out
 
-    def align(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 3) -> R (3, 3), t (3,) mapping the frame onto the reference as ``points @ R.T + t``."""
-        sub = points[ops.stride_subsample(len(points), self.config.align_points)]
+    def align(self, points: np.ndarray, fine_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) -> R (3, 3), t (3,) mapping the frame onto the reference as ``points @ R.T + t``.
+
+        The final ICP uses ``fine_points`` (default ``align_points``) of the frame."""
+        sub = points[ops.stride_subsample(len(points), fine_points or self.config.align_points)]
         coarse = sub[ops.stride_subsample(len(sub), self.config.coarse_points)]
         pose = self.icp(coarse)
         err = self.residual(coarse, *pose)
@@ -146,7 +148,8 @@ def align_training(clouds: list[np.ndarray], config: TemplateConfig) -> list[np.
         if len(c) < Pipeline.min_points:
             raise ValueError(f"template: training cloud {i} has {len(c)} finite points, need {Pipeline.min_points}")
     first = Pipeline(clouds[0], ops.estimate_normals(clouds[0]), replace(config, fit_tolerance=0.0))
-    return [clouds[0]] + [(c @ r.T + t).astype(np.float32) for c in clouds[1:] for r, t in [first.align(c)]]
+    poses = [first.align(c, 4 * config.align_points) for c in clouds[1:]]  # offline: a finer final fit
+    return [clouds[0]] + [(c @ r.T + t).astype(np.float32) for c, (r, t) in zip(clouds[1:], poses, strict=True)]
 
 
 def fit_tolerance(aligned: list[np.ndarray], config: TemplateConfig, factor: float = 2.0) -> float:
