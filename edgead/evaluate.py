@@ -59,7 +59,10 @@ def run_category(detector, name: str, samples) -> CategoryRun:
     """Detect every test sample (``TestSample``-like: name, points, labels, label) of one category."""
     run = CategoryRun(name)
     for s in samples:
-        res = detector.detect(s.points)
+        try:
+            res = detector.detect(s.points)
+        except ValueError as exc:
+            raise ValueError(f"{name}/{s.name}: {exc}") from exc
         labels = np.asarray(s.labels, dtype=np.uint8)
         if labels.shape != res.point_scores.shape:
             raise ValueError(f"{name}/{s.name}: {len(labels)} point labels for {len(res.point_scores)} points")

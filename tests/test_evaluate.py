@@ -74,6 +74,9 @@ def test_label_count_mismatch_is_a_clear_error(detector):
     s.labels = s.labels[:-1]
     with pytest.raises(ValueError, match="point labels for"):
         evaluate.run_category(detector, "x", [s])
+    tiny = Sample("tiny", s.points[:5], s.labels[:5], 0)
+    with pytest.raises(ValueError, match="x/tiny: frame has 5 finite points"):
+        evaluate.run_category(detector, "x", [tiny])
 
 
 def test_plot_writes_png(detector, runs, tmp_path):
