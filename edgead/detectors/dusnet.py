@@ -30,6 +30,8 @@ class DusNetConfig:
     heads: int = 4
     up_dim: int = 64  # Up-Net feature width
     up_k: int = 16  # Up-Net set-abstraction neighbours
+    down_net: bool = True  # False: the Up-Net runs on the FPS centres themselves (ablation "Down-Net -> FPS")
+    calibrate: bool = True  # subtract the reconstruction error seen on the training scans near each point
     align: bool = True  # ICP-align each frame to the stored training reference before normalising
     icp_points: int = 2048  # frame subsample used for ICP
     steps_down: int = 300
@@ -59,10 +61,12 @@ class Pipeline:
     min_points = 4  # 3 neighbours for eq. 16 come from the reconstruction; ICP needs a few points
 
     def __init__(self, config: DusNetConfig, normalization: edge_ops.Normalization,
-                 reference: np.ndarray | None = None, ops=edge_ops):
+                 reference: np.ndarray | None = None, baseline: np.ndarray | None = None, ops=edge_ops):
         self.config = config
         self.normalization = normalization
         self.reference = None if reference is None or len(reference) == 0 else reference.astype(np.float32)
+        # (M,) sensor-unit score that normal training scans get near each reference point (empty: not calibrated)
+        self.baseline = None if baseline is None or len(baseline) == 0 else baseline.astype(np.float32)
         self.ops = ops  # farthest_point_sample, group, knn, nearest_distance: swappable for CUDA kernels
 
     # ---- frame -> normalised model frame
@@ -95,17 +99,23 @@ class Pipeline:
         return {"patches": patches, "centers": centers}, x
 
     def postprocess(self, points: np.ndarray, context: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return score_points(context, outputs["recon"], self.ops) * np.float32(self.normalization.scale)
+        scores = score_points(context, outputs["recon"], self.ops) * np.float32(self.normalization.scale)
+        if self.config.calibrate and self.baseline is not None:
+            _, idx = self.ops.knn(context, self.reference, 1)
+            scores = scores - self.baseline[idx[:, 0]]
+        return scores
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         meta = {"kind": self.kind, "config": asdict(self.config), "normalization": self.normalization.to_dict()}
-        ref = self.reference if self.reference is not None else np.zeros((0, 3), np.float32)
-        return meta, {"reference": ref}
+        empty = np.zeros((0, 3), np.float32)
+        return meta, {"reference": empty if self.reference is None else self.reference,
+                      "baseline": empty[:, 0] if self.baseline is None else self.baseline}
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray]) -> Pipeline:
         config = replace(DusNetConfig(), **meta["config"])
-        return cls(config, edge_ops.Normalization(**meta["normalization"]), arrays.get("reference"))
+        return cls(config, edge_ops.Normalization(**meta["normalization"]), arrays.get("reference"),
+                   arrays.get("baseline"))
 
 
 def score_points(x: np.ndarray, recon: np.ndarray, ops=edge_ops) -> np.ndarray:
