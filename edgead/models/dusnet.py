@@ -128,10 +128,11 @@ class SetAbstraction(nn.Module):
 def interpolate3(p: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """Eq. 10: inverse-distance weights over the 3 nearest of q. (B, G, 3), (B, M, 3), (B, M, C) -> (B, G, C).
 
-    A point of p that is also in q gets (numerically) its own feature: its weight 1/1e-8 dominates.
+    A point of p that is also in q gets (almost exactly) its own feature: its weight 1/1e-4 dominates; 1e-4 rather
+    than a tinier epsilon keeps the weights finite in FP16 engines (max 65504).
     """
     d2, idx = knn_idx(p, q, 3)
-    w = 1 / (d2.sqrt() + 1e-8)
+    w = 1 / (d2.sqrt() + 1e-4)
     w = w / w.sum(-1, keepdim=True)
     return (gather(f, idx) * w.unsqueeze(-1)).sum(2)
 
