@@ -160,7 +160,8 @@ def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: flo
     Matches go from source to target, so a one-sided scan (source) aligns to a full 360-degree template (target).
     Each iteration keeps the ``trim`` fraction of closest pairs so that defects and clutter do not pull the fit.
     Point-to-point by default; with the target's ``normals`` (N, 3) point-to-plane, which does not creep along
-    smooth surfaces and converges in a few iterations. ``tree``: a prebuilt ``KDTree(target)`` to reuse;
+    smooth surfaces and converges in a few iterations. ``tree``: a prebuilt tree over ``target`` to reuse (any
+    with ``query(points, k=1) -> (dist, idx)``: pykdtree's, or scipy's single-threaded ``cKDTree``);
     ``init``: a starting pose (R, t) instead of the bounding-box centres. Apply as ``source @ R.T + t``.
     """
     if tree is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from pykdtree.kdtree import KDTree
+from scipy.spatial import cKDTree
 
 from edgead import ops
 
@@ -38,20 +39,24 @@ class Pipeline:
     reference: np.ndarray  # (M, 3) float32, sensor units, in the frame of the first training scan
     normals: np.ndarray  # (M, 3) float32 unit normals of the reference, for point-to-plane ICP
     config: TemplateConfig = field(default_factory=TemplateConfig)
-    tree: KDTree = field(init=False, repr=False, compare=False)  # over the reference, built once, not per frame
+    # Two trees over the reference, built once: pykdtree's OpenMP query pays off on the one large query per frame
+    # (scoring), but costs milliseconds per call on ICP's many small queries (far more on a busy CPU), which
+    # scipy's single-threaded tree answers in a fraction of a millisecond.
+    tree: KDTree = field(init=False, repr=False, compare=False)
+    icp_tree: cKDTree = field(init=False, repr=False, compare=False)
     kind = "template"
     min_points = 32  # ICP needs enough points for a stable pose
 
     def __post_init__(self):
-        self.tree = KDTree(self.reference)
+        self.tree, self.icp_tree = KDTree(self.reference), cKDTree(self.reference)
 
     def icp(self, points: np.ndarray, init=None, iters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         return ops.rigid_icp(points, self.reference, iters=iters or self.config.icp_iters, trim=self.config.trim,
-                             normals=self.normals, tree=self.tree, init=init)
+                             normals=self.normals, tree=self.icp_tree, init=init)
 
     def residual(self, points: np.ndarray, r: np.ndarray, t: np.ndarray) -> float:
         """Trimmed mean squared distance (mm^2) of the posed points to the reference: the fit ICP minimises."""
-        dist, _ = self.tree.query(np.ascontiguousarray(points @ r.T + t, dtype=np.float32), k=1)
+        dist, _ = self.icp_tree.query(points @ r.T + t, k=1)
         return trimmed_mean_square(dist, self.config.trim)
 
     def starts(self, points: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
