@@ -141,3 +141,16 @@ def test_restarts_rescue_a_trapped_alignment(tmp_path):
             out.append(np.median(ops.nearest_distance(pts @ r.T + t, p.reference)))
     assert sum(m > 0.5 for m in plain) >= 2  # from the box centres ICP settles in a wrong minimum ...
     assert max(restarted) < 0.2  # ... and a restart finds the right one
+
+
+def test_fit_tolerance_sits_just_above_a_good_fit():
+    """Learnt by leaving each training scan out: a good test scan fits within it, a trapped one (>= 4x) does not."""
+    aligned = template.align_training([elbow_scan(20000, s, deg=s) for s in range(3)], template.TemplateConfig())
+    tol = template.fit_tolerance(aligned, template.TemplateConfig())
+    ref = template.voxel_thin(np.concatenate(aligned), 100_000)
+    pipe = template.Pipeline(ref, ops.estimate_normals(ref), template.TemplateConfig(fit_tolerance=tol))
+    good = elbow_scan(8000, 50, one_sided=True)
+    coarse = good[ops.stride_subsample(len(good), 512)]
+    fit = pipe.residual(coarse, *pipe.icp(coarse))
+    assert fit < tol < 4 * fit
+    assert template.fit_tolerance(aligned[:1], template.TemplateConfig()) == 0.0  # one scan: always restart

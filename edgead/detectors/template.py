@@ -159,7 +159,8 @@ def align_training(clouds: list[np.ndarray], config: TemplateConfig) -> list[np.
 
 def fit_tolerance(aligned: list[np.ndarray], config: TemplateConfig, factor: float = 2.0) -> float:
     """``factor`` times the worst leave-one-out residual (mm^2): each aligned training scan against the reference
-    built from the others, i.e. how well a new good scan fits. 0 (always restart) with a single training scan."""
+    built from the others, i.e. how well a new good scan fits. 0 (always restart) with a single training scan:
+    nothing to leave out, and restarting costs only time."""
     worst = 0.0
     for i, c in enumerate(aligned if len(aligned) > 1 else []):
         others = voxel_thin(np.concatenate(aligned[:i] + aligned[i + 1:]), config.max_reference)
