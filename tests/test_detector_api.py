@@ -5,7 +5,7 @@ import pytest
 from test_template import part_scan
 
 from edgead import DetectionResult, EdgeDetector
-from edgead.detector import MAX_POINTS
+from edgead.detector import MAX_POINTS, object_score
 from edgead.detectors import template
 
 
@@ -31,7 +31,7 @@ def test_detect_returns_the_documented_fields(det, frame):
     res = det.detect(pts)
     assert isinstance(res, DetectionResult)
     assert res.point_scores.shape == (len(pts),) and res.point_scores.dtype == np.float32
-    assert isinstance(res.score, float) and res.score == pytest.approx(float(res.point_scores.max()))
+    assert isinstance(res.score, float) and res.score == pytest.approx(object_score(pts, res.point_scores))
     assert res.threshold is None and res.anomalous is None and res.n_dropped == 0
     assert set(res.timings_ms) == {"preprocess", "network", "postprocess", "total"}
     # input order: the highest scores sit on the labelled defect, wherever it is in the array
@@ -107,3 +107,18 @@ def test_float64_input_and_missing_run_dir(det, frame, tmp_path):
         EdgeDetector.load(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         EdgeDetector.load(tmp_path)
+
+
+def test_object_score_ignores_a_lone_outlier_but_not_a_defect_patch():
+    rng = np.random.default_rng(3)
+    pts = rng.random((5000, 3)).astype(np.float32) * [100, 100, 1]
+    scores = np.full(5000, 0.1, np.float32)
+    outlier = scores.copy()
+    outlier[17] = 5.0  # one flying pixel
+    patch = scores.copy()
+    near = np.linalg.norm(pts - pts[17], axis=1) < 6  # a defect: a neighbourhood of high scores
+    patch[near] = 1.0
+    assert near.sum() > 30
+    assert object_score(pts, outlier, k=1) == pytest.approx(5.0)  # the papers' plain max
+    assert object_score(pts, outlier) < 0.5
+    assert object_score(pts, patch) > 0.9 > object_score(pts, outlier)

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 from edgead import ops  # noqa: E402
-from edgead.detector import EdgeDetector  # noqa: E402
+from edgead.detector import EdgeDetector, object_score  # noqa: E402
 from edgead.detectors.dusnet import PRESETS, Pipeline, score_points  # noqa: E402
 from edgead.losses import chamfer, emd, paired_cosine, paired_mse, repulsion  # noqa: E402
 from edgead.models import dusnet as M  # noqa: E402
@@ -171,7 +171,7 @@ def test_run_dir_loads_and_detects_deterministically(run):
     a, b = det.detect(points), det.detect(points)
     assert a.point_scores.shape == (4000,) and np.isfinite(a.point_scores).all()
     np.testing.assert_array_equal(a.point_scores, b.point_scores)
-    assert a.score == pytest.approx(float(a.point_scores.max()))
+    assert a.score == pytest.approx(object_score(points, a.point_scores))
     small = det.detect(sphere(300, 12)[0])
     assert small.point_scores.shape == (300,) and np.isfinite(small.point_scores).all()
 

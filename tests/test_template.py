@@ -84,7 +84,8 @@ def test_scores_are_distances_in_mm_and_find_the_defect(run_dir):
     for s, one_sided in ((200, False), (201, True)):
         pts, labels = part_scan(30000, s, bulge=2.0, one_sided=one_sided)
         res = det.detect(pts)
-        assert res.score > 1.5  # the 2 mm bulge, measured in mm
+        assert res.point_scores.max() > 1.5  # the 2 mm bulge, measured in mm
+        assert res.score > 1.0  # the neighbourhood-averaged object score keeps most of it
         assert res.score > max(r.score for r in good)
         assert int(np.argmax(res.point_scores)) in set(np.flatnonzero(labels))
         assert np.median(res.point_scores[labels == 0]) < 0.25
