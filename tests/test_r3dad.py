@@ -105,7 +105,7 @@ def test_training_loss_decreases():
     rng = np.random.default_rng(0)
     pairs = [patch_gen(ellipsoid(128) / 40.0, rng, ratio=1 / 8, max_angle=0.0) for _ in range(4)]
     clean, bad = (torch.from_numpy(np.stack([getattr(r, k) for r in pairs])) for k in ("clean", "anomalous"))
-    t = torch.tensor([20, 60, 120, 180])
+    t = torch.tensor([1, 3, 6, 10])  # low noise: Delta_t carries the answer, so a few steps must learn it
 
     def loss() -> float:
         torch.manual_seed(1)
@@ -113,7 +113,7 @@ def test_training_loss_decreases():
 
     before = loss()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(40):
+    for _ in range(60):
         opt.zero_grad()
         model.get_loss(clean, bad, t).backward()
         opt.step()
@@ -121,7 +121,9 @@ def test_training_loss_decreases():
 
 
 def test_samplers():
+    torch.manual_seed(0)
     model = R3DAD(preset("cpu", **TINY)).eval()
+    torch.nn.init.normal_(model.net.layers[-1].layer.weight, std=0.5)  # a non-trivial (not all-zero) displacement
     pts = torch.from_numpy(ellipsoid(128) / 40.0)[None]
     with torch.no_grad():
         g = InferenceGraph(model)

@@ -43,8 +43,9 @@ class R3DADConfig:
     lr: float = 1e-3
     patch_ratio: float = 1 / 32  # Patch-Gen selection ratio (Table 4a)
     patch_scale: float = 0.1  # Patch-Gen scaling factor S (Table 4b)
-    rotate_deg: float = 15.0  # Patch-Gen rotation range per axis; 180 = any rotation (paper)
-    patch_prob: float = 1.0  # fraction of training samples given a simulated defect
+    rotate_deg: float = 2.0  # Patch-Gen rotation range per axis (residual pose after ICP); 180 = any (paper)
+    patch_prob: float = 1.0  # fraction of training samples given simulated defects
+    patches: int = 4  # Patch-Gen defects per training sample (1 in the paper)
     ckpt_every: int = 250
 
     def __post_init__(self):
@@ -57,8 +58,10 @@ class R3DADConfig:
 
 PRESETS = {
     "cpu": R3DADConfig(hidden=(64, 128, 256, 128, 64), encoder=(64, 128, 256), latent_dim=128),
-    "paper": R3DADConfig(num_points=2048, steps=40_000, batch_size=128, rotate_deg=180.0, sample_steps=20),
-    "paper-real3d": R3DADConfig(num_points=4096, steps=40_000, batch_size=128, rotate_deg=180.0, sample_steps=20),
+    "paper": R3DADConfig(num_points=2048, steps=40_000, batch_size=128, rotate_deg=180.0, sample_steps=20,
+                          patches=1),
+    "paper-real3d": R3DADConfig(num_points=4096, steps=40_000, batch_size=128, rotate_deg=180.0, sample_steps=20,
+                                patches=1),
 }
 
 

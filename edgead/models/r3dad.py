@@ -9,6 +9,9 @@ displacement and only anomalous regions move, which is what the distance scores 
 produce a point-specific displacement without knowing where the point is, so epsilon_theta sees the input point
 P' next to Delta^(t) (a 6-d point feature; c carries the global shape, as in the paper).
 
+Displacements are diffused in units of the Patch-Gen scale S (Delta / S is ~unit size, like the N(0, I) noise;
+in normalised units the targets are ~0.1 and the gradients vanish under Adam's epsilon).
+
 Training (Algorithm 2, "relative"): Delta^(0) = P' - P_a is the displacement that removes the Patch-Gen defect
 (zero outside the patch). It is noised with eq. 2, the network predicts the noise from (P_a, Delta^(t), beta_t, c),
 and the loss compares P_a + Delta_hat, Delta_hat being the one-step estimate implied by the predicted noise, with the
@@ -76,6 +79,9 @@ class PointwiseNet(nn.Module):
         dims = (6, *hidden, 3)
         pairs = zip(dims[:-1], dims[1:], strict=True)
         self.layers = nn.ModuleList(ConcatSquashLinear(a, b, latent + 3) for a, b in pairs)
+        last = self.layers[-1]  # start at Delta_hat = 0 (normal): large initial outputs saturate the last gate and
+        for w in (last.layer.weight, last.layer.bias, last.bias.weight):  # freeze the net into a point-blind constant
+            nn.init.zeros_(w)
 
     def forward(self, x: torch.Tensor, points: torch.Tensor, beta: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Delta_t (B, N, 3), P (B, N, 3), (B,), (B, latent) -> (B, N, 3) Delta_hat."""
@@ -137,9 +143,10 @@ class R3DAD(nn.Module):
             t = torch.randint(1, self.cfg.num_steps + 1, (b,), device=clean.device)
         c = self.encoder(anomalous)
         abar = self.abar[t].view(-1, 1, 1)
-        d_t = abar.sqrt() * (clean - anomalous) + (1 - abar).sqrt() * torch.randn_like(anomalous)
+        d0 = (clean - anomalous) / self.cfg.patch_scale
+        d_t = abar.sqrt() * d0 + (1 - abar).sqrt() * torch.randn_like(anomalous)
         delta, _ = self.predict(d_t, anomalous, t, c)
-        return paired_mse(clean, anomalous + delta)
+        return paired_mse(d0, delta)  # eq. 9, ||P' - (P_a + Delta_hat)||^2, in units of S
 
     def sample_ddpm(self, points: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The paper's stochastic T-step reverse process (eq. 6). (B, N, 3) -> (B, N, 3) reconstruction."""
@@ -152,17 +159,17 @@ class R3DAD(nn.Module):
             d = (d - self.betas[t] / (1 - self.abar[t]).sqrt() * eps) / self.alphas[t].sqrt()
             if t > 1:
                 d = d + self.sigma[t] * rand()
-        return points + d
+        return points + self.cfg.patch_scale * d
 
     def sample_ddim(self, points: torch.Tensor, z: torch.Tensor, steps: list[int]) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from Delta^(T) = z. (B, N, 3), (N, 3), step list -> (B, N, 3) P' + Delta^(0)."""
+        """Deterministic DDIM (eta = 0) from Delta^(T) = z. (B, N, 3), (N, 3), steps -> (B, N, 3) P' + S Delta^(0)."""
         c = self.encoder(points)
         d = z.expand_as(points)
         for t, t_next in zip(steps[:-1], steps[1:], strict=True):
             tt = torch.full((points.shape[0],), t, device=points.device, dtype=torch.long)
             d0, eps = self.predict(d, points, tt, c)
             d = self.abar[t_next].sqrt() * d0 + (1 - self.abar[t_next]).sqrt() * eps
-        return points + d
+        return points + self.cfg.patch_scale * d
 
 
 def start_noise(num_points: int, seed: int) -> torch.Tensor:

@@ -66,7 +66,10 @@ def make_batch(views: np.ndarray, cfg: R3DADConfig, rng: np.random.Generator) ->
         view = views[rng.integers(len(views))]
         if rng.random() < cfg.patch_prob:
             r = patch_gen(view, rng, cfg.patch_ratio, cfg.patch_scale, max_angle)
-            clean.append(r.clean), anomalous.append(r.anomalous)
+            bad = r.anomalous
+            for _ in range(cfg.patches - 1):  # more defects, same pose: more off-surface points per step
+                bad = patch_gen(bad, rng, cfg.patch_ratio, cfg.patch_scale, 0.0).anomalous
+            clean.append(r.clean), anomalous.append(bad)
         else:
             rotated = view @ random_rotation(rng, max_angle).T
             clean.append(rotated), anomalous.append(rotated)
