@@ -25,7 +25,8 @@ COMMANDS = [
 def build_parser() -> argparse.ArgumentParser:
     from edgead import __version__
 
-    parser = argparse.ArgumentParser(prog="edgead", description=__doc__.split(".")[0] + ".")
+    parser = argparse.ArgumentParser(prog="edgead", description="Streaming 3D anomaly detection for factory lines: "
+                                     "train, evaluate, export and serve detectors.")
     parser.add_argument("--version", action="version", version=f"edgead {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in COMMANDS:
