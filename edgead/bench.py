@@ -85,7 +85,7 @@ def make_frame(pipeline, n: int, seed: int = 0) -> np.ndarray:
     if ref is None or len(ref) == 0:
         ref = rng.normal(size=(4096, 3))
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    scale = float(meta["normalization"]["scale"])
+    scale = float(meta.get("normalization", {}).get("scale", 1.0))  # template references are in sensor units
     pick = rng.integers(0, len(ref), n)
     return ((ref[pick] + rng.normal(scale=0.01, size=(n, 3))) * scale + 250.0).astype(np.float32)
 
