@@ -123,6 +123,7 @@ class R3DAD(nn.Module):
         self.net = PointwiseNet(cfg.hidden, cfg.latent_dim)
         for k, v in ddpm_schedule(cfg.num_steps, cfg.beta_1, cfg.beta_T).items():
             self.register_buffer(k, v, persistent=False)
+        self.abar_list = self.abar.tolist()  # Python floats: the sampler's constants, untouched by .half()
 
     def predict(self, d_t: torch.Tensor, points: torch.Tensor, t: torch.Tensor, c: torch.Tensor):
         """(Delta_hat, epsilon_theta) at step t. (B, N, 3), (B, N, 3), (B,) long, (B, latent) -> 2 x (B, N, 3).
@@ -165,10 +166,14 @@ class R3DAD(nn.Module):
         """Deterministic DDIM (eta = 0) from Delta^(T) = z. (B, N, 3), (N, 3), steps -> (B, N, 3) P' + S Delta^(0)."""
         c = self.encoder(points)
         d = z.expand_as(points)
+        abar = self.abar_list
         for t, t_next in zip(steps[:-1], steps[1:], strict=True):
             tt = torch.full((points.shape[0],), t, device=points.device, dtype=torch.long)
-            d0, eps = self.predict(d, points, tt, c)
-            d = self.abar[t_next].sqrt() * d0 + (1 - self.abar[t_next]).sqrt() * eps
+            d0, _ = self.predict(d, points, tt, c)
+            # sqrt(1 - abar_next) * eps, with eps from predict() written out: the ratio of the two sqrt(1 - abar)
+            # terms is a float64 constant, so an FP16 engine never divides by sqrt(1 - abar_1) (0 in FP16)
+            k = ((1 - abar[t_next]) / (1 - abar[t])) ** 0.5
+            d = abar[t_next] ** 0.5 * d0 + k * (d - abar[t] ** 0.5 * d0)
         return points + self.cfg.patch_scale * d
 
 
