@@ -17,9 +17,9 @@ from edgead import ops as edge_ops
 
 @dataclass(frozen=True)
 class DusNetConfig:
-    groups: int = 512  # G: FPS centres (Down-Net tokens)
+    groups: int = 256  # G: FPS centres (Down-Net tokens)
     group_size: int = 32  # K: neighbours per patch
-    gamma: int = 8  # up-sampling rate: reconstructed points per centre
+    gamma: int = 16  # up-sampling rate: reconstructed points per centre
     thin: int = 16384  # stride-thin larger frames to this many points before FPS (0: never)
     alpha: float = 0.08  # Noise-Gen std on centres (normalised units)
     beta: float = 0.15  # Noise-Gen std on neighbours (normalised units)
@@ -31,11 +31,15 @@ class DusNetConfig:
     up_dim: int = 64  # Up-Net feature width
     up_k: int = 16  # Up-Net set-abstraction neighbours
     down_net: bool = True  # False: the Up-Net runs on the FPS centres themselves (ablation "Down-Net -> FPS")
+    score: str = "point"  # eq. 15 distance d: "point" (nearest reconstructed point, literal) or "surface" (docs)
+    normal_k: int = 16  # "surface": reconstructed points in each PCA normal estimate
     calibrate: bool = False  # subtract the training scans' reconstruction error near each point (measured: worse)
     align: bool = True  # ICP-align each frame to the stored training reference before normalising
     icp_points: int = 2048  # frame subsample used for ICP
-    steps_down: int = 200  # measured 1.4 CPU-s/step at G 256 (shared host); G 512 about twice that
-    steps_up: int = 200
+    emd_eps: float = 0.1  # per-patch Sinkhorn: entropy (relative to the mean cost) and iterations
+    emd_iters: int = 10
+    steps_down: int = 200
+    steps_up: int = 100  # measured: the Up-Net losses plateau by step ~50
     batch: int = 4
     lr: float = 1e-3
     pool: int = 96  # augmented training samples generated per run (Noise-Gen adds fresh noise every step)
@@ -43,10 +47,10 @@ class DusNetConfig:
 
 PRESETS = {
     "cpu": DusNetConfig(),
-    "paper": DusNetConfig(groups=8192, group_size=512, thin=0, pos_dim=384, patch_dim=384, width=384, depth=4,
-                          heads=6, up_dim=128, up_k=32, steps_down=20000, steps_up=20000, batch=4, pool=256),
-    "tiny": DusNetConfig(groups=64, group_size=16, thin=2048, pos_dim=16, patch_dim=32, width=32, depth=1, heads=2,
-                         up_dim=16, up_k=8, icp_points=512, steps_down=30, steps_up=30, batch=4, lr=3e-3, pool=8),
+    "paper": DusNetConfig(groups=8192, group_size=512, gamma=8, thin=0, pos_dim=384, patch_dim=384, width=384,
+                          depth=4, heads=6, up_dim=128, up_k=32, steps_down=20000, steps_up=20000, batch=4, pool=256),
+    "tiny": DusNetConfig(groups=64, group_size=16, gamma=8, thin=2048, pos_dim=16, patch_dim=32, width=32, depth=1,
+                         heads=2, up_dim=16, up_k=8, icp_points=512, steps_down=30, steps_up=30, lr=3e-3, pool=8),
 }
 
 
@@ -99,7 +103,8 @@ class Pipeline:
         return {"patches": patches, "centers": centers}, x
 
     def postprocess(self, points: np.ndarray, context: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        scores = score_points(context, outputs["recon"], self.ops) * np.float32(self.normalization.scale)
+        scores = score_points(context, outputs["recon"], self.config.score, self.config.normal_k, self.ops)
+        scores = scores * np.float32(self.normalization.scale)
         if self.config.calibrate and self.baseline is not None:
             _, idx = self.ops.knn(context, self.reference, 1)
             scores = scores - self.baseline[idx[:, 0]]
@@ -118,13 +123,22 @@ class Pipeline:
                    arrays.get("baseline"))
 
 
-def score_points(x: np.ndarray, recon: np.ndarray, ops=edge_ops) -> np.ndarray:
+def score_points(x: np.ndarray, recon: np.ndarray, score: str = "point", normal_k: int = 16,
+                 ops=edge_ops) -> np.ndarray:
     """Eqs. 15-16. (N, 3) query, (M, 3) reconstruction -> (N,) float32 point scores (same units as the inputs).
 
-    s_i = distance to the nearest reconstructed point, reweighted by 1 - softmax over the 3 nearest distances.
+    s_i = distance d to the nearest reconstructed point, reweighted by 1 - softmax over the 3 nearest. With
+    ``score="surface"`` each d is the distance to the tangent plane at that reconstructed point (normals by PCA of
+    its ``normal_k`` neighbours in the reconstruction), so normal points between reconstructed points score ~0
+    instead of ~half the reconstruction's point spacing.
     """
+    if score not in ("point", "surface"):
+        raise ValueError(f"dusnet score must be 'point' or 'surface', got {score!r}")
     recon = np.asarray(recon, dtype=np.float32).reshape(-1, 3)
-    d, _ = ops.knn(x, recon, min(3, len(recon)))
+    d, idx = ops.knn(x, recon, min(3, len(recon)))
+    if score == "surface" and len(recon) >= 3:
+        normals = edge_ops.estimate_normals(recon, normal_k)
+        d = np.abs(np.einsum("nkc,nkc->nk", x[:, None, :] - recon[idx], normals[idx]))
     e = np.exp(d - d.max(1, keepdims=True))  # stable softmax
     weight = 1 - e[:, 0] / e.sum(1)
     return (weight * d[:, 0]).astype(np.float32)

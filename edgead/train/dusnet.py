@@ -80,7 +80,7 @@ def up_losses(model: DusNet, centers: torch.Tensor, batch: dict, cfg: DusNetConf
     b, g, k, _ = batch["patches"].shape
     recon = model.up(centers).view(b, g, cfg.gamma, 3)
     truth = batch["patches"] + batch["centers"].unsqueeze(2)
-    l_emd = emd(recon.reshape(b * g, cfg.gamma, 3), truth.reshape(b * g, k, 3), eps=0.05, iters=30)
+    l_emd = emd(recon.reshape(b * g, cfg.gamma, 3), truth.reshape(b * g, k, 3), eps=cfg.emd_eps, iters=cfg.emd_iters)
     _, near = knn_idx(centers, centers, min(4, g))
     local = gather(recon.reshape(b, g, cfg.gamma * 3), near).reshape(b * g, -1, 3)  # own points come first
     l_rep = repulsion(recon.reshape(b * g, cfg.gamma, 3), min(4, local.shape[1] - 1), h, local)
@@ -102,7 +102,7 @@ def fit_baseline(pipe: Pipeline, model: DusNet, frames: list[np.ndarray], k: int
     for x in frames:
         patches, centers = pipe.group(x)
         (recon,) = model(torch.from_numpy(patches), torch.from_numpy(centers))
-        s = score_points(x, recon.cpu().numpy()) * pipe.normalization.scale
+        s = score_points(x, recon.cpu().numpy(), pipe.config.score, pipe.config.normal_k) * pipe.normalization.scale
         _, idx = ops.knn(pipe.reference, x, min(k, len(x)))
         total += s[idx].mean(1)
     return (total / len(frames)).astype(np.float32)
