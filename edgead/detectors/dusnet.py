@@ -139,6 +139,8 @@ def score_points(x: np.ndarray, recon: np.ndarray, score: str = "point", normal_
     if score == "surface" and len(recon) >= 3:
         normals = edge_ops.estimate_normals(recon, normal_k)
         d = np.abs(np.einsum("nkc,nkc->nk", x[:, None, :] - recon[idx], normals[idx]))
-    e = np.exp(d - d.max(1, keepdims=True))  # stable softmax
-    weight = 1 - e[:, 0] / e.sum(1)
-    return (weight * d[:, 0]).astype(np.float32)
+    cols = [d[:, j] for j in range(d.shape[1])]  # column-wise: axis-1 reductions over (N, 3) are slow in numpy
+    top = np.maximum.reduce(cols)  # stable softmax
+    e = [np.exp(c - top) for c in cols]
+    weight = 1 - e[0] / sum(e)
+    return (weight * cols[0]).astype(np.float32)
