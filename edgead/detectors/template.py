@@ -4,7 +4,7 @@ Training aligns every normal scan to the first one (ICP), merges them and thins 
 bounded size. Inference aligns the test scan to the reference (bounding-box centres, then trimmed point-to-plane
 ICP on a subsample, restarted from a few perturbed poses when the fit is worse than the training scans' fits) and
 scores each point by its distance to the nearest reference point, in sensor units (mm): no network, no
-normalisation, so the scores mean what they say. The object score is the maximum.
+normalisation, so the scores mean what they say. The object score is `edgead.detector.object_score`.
 """
 
 from __future__ import annotations
