@@ -188,3 +188,15 @@ def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: flo
             break
         prev = err
     return r.astype(np.float32), t.astype(np.float32)
+
+
+def to_model_frame(points: np.ndarray, norm: Normalization, reference: np.ndarray | None = None,
+                   icp_points: int = 2048) -> np.ndarray:
+    """(N, 3) sensor units -> (N, 3) float32 in a network's frame: bounding-box centre at 0, the fixed training
+    scale, and, given a ``reference`` (R, 3) in that frame, ICP-aligned to it on a stride subsample of
+    ``icp_points`` points. Parts arrive at any offset and pose, one-sided or full; the networks see one frame."""
+    x = norm.apply(points, bbox_center(points))
+    if reference is not None and len(x) >= 3:
+        r, t = rigid_icp(x[stride_subsample(len(x), icp_points)], reference)
+        x = (x @ r.T + t).astype(np.float32)
+    return x

@@ -76,12 +76,8 @@ class Pipeline:
     # ---- frame -> normalised model frame
     def to_model_frame(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) sensor units -> (N, 3) float32 normalised, aligned to the training reference when it has one."""
-        x = self.normalization.apply(points, edge_ops.bbox_center(points))
-        if self.config.align and self.reference is not None:
-            sub = x[edge_ops.stride_subsample(len(x), self.config.icp_points)]
-            r, t = edge_ops.rigid_icp(sub, self.reference)
-            x = (x @ r.T + t).astype(np.float32)
-        return x
+        reference = self.reference if self.config.align else None
+        return edge_ops.to_model_frame(points, self.normalization, reference, self.config.icp_points)
 
     def group(self, x: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(n, 3) normalised points -> patches (G, K, 3) relative to their centres, centers (G, 3); fixed shapes."""

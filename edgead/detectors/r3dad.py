@@ -115,12 +115,8 @@ class Pipeline:
         The scale stays fixed from training so that a defect keeps its size; the centre is per frame (arbitrary
         offsets), and alignment to a stored reference removes the pose difference the encoder would otherwise see.
         """
-        x = self.norm.apply(points, ops.bbox_center(points))
-        if self.config.align and len(x) >= 3:
-            sub = x[ops.stride_subsample(len(x), self.config.ref_points)]
-            r, t = ops.rigid_icp(sub, self.reference)
-            x = (x @ r.T + t).astype(np.float32)
-        return x
+        reference = self.reference if self.config.align else None
+        return ops.to_model_frame(points, self.norm, reference, self.config.ref_points)
 
     def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
         x = self.normalize(points)
