@@ -121,7 +121,8 @@ def main() -> None:
 
     results = {name: {t: report(_Named(name), rs, args.data / t)["mean"] for t, rs in tr.items()}
                for name, tr in runs.items()}
-    table = format_table(results, args.tracks, cats, args.steps or base.steps_down, args.max_test, base)
+    steps = f"{args.steps} + {args.steps}" if args.steps else f"{base.steps_down} + {base.steps_up}"
+    table = format_table(results, args.tracks, cats, steps, args.max_test, base)
     print(table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -153,10 +154,10 @@ class _Named:
         self.name, self.backend, self.model_hash = name, "", ""
 
 
-def format_table(results: dict, tracks: list[str], cats: list[str], steps: int, max_test: int | None, cfg) -> str:
+def format_table(results: dict, tracks: list[str], cats: list[str], steps: str, max_test: int | None, cfg) -> str:
     head = "| variant | " + " | ".join(f"{t}: O-AUROC | {t}: P-AUROC" for t in tracks) + " |"
     lines = [f"Categories: {', '.join(cats)}; G={cfg.groups}, K={cfg.group_size}, thin={cfg.thin}; "
-             f"{steps} steps per stage; {max_test or 'all'} test scans per category.", "", head,
+             f"{steps} Down-Net + Up-Net steps; {max_test or 'all'} test scans per category.", "", head,
              "|---" * (1 + 2 * len(tracks)) + "|"]
     for name, tr in results.items():
         cells = []
