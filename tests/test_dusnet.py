@@ -230,3 +230,36 @@ def test_planted_bump_scores_higher(run):
     det = EdgeDetector.load(run)
     points, labels = sphere(4000, 21, bump=True)
     assert roc_auc(labels, det.detect(points).point_scores) > 0.9
+
+
+def test_diagnose_script_reports_a_ceiling_that_finds_a_planted_bump(tmp_path):
+    """benchmarks/diagnose_dusnet.py on spheres in the Real3D-AD layout: every part reports, and the oracle ceiling
+    (the training scans as the reconstruction) ranks the bump's points above the normal ones."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgead.io import write_pcd
+
+    cat = tmp_path / "sphere"
+    for d in ("train", "test", "gt"):
+        (cat / d).mkdir(parents=True)
+    for s in range(4):
+        write_pcd(cat / "train" / f"{s}.pcd", sphere(3000, s)[0])
+    for s in range(10, 13):
+        write_pcd(cat / "test" / f"{s}_good.pcd", sphere(3000, s)[0])
+        pts, labels = sphere(3000, s + 10, bump=True)
+        write_pcd(cat / "test" / f"{s}_bump.pcd", pts)
+        np.savetxt(cat / "gt" / f"{s}_bump.txt", np.column_stack([pts, labels]), fmt="%.5f")
+    T.train([sphere(3000, s)[0] for s in range(4)], tmp_path / "run",
+            TrainOptions(preset="tiny", steps=5, progress=False))
+    script = Path(__file__).parents[1] / "benchmarks" / "diagnose_dusnet.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "--data", str(cat)],
+                         capture_output=True, text=True, check=True).stdout
+    parts = [json.loads(line) for line in out.splitlines()]
+    assert [p["part"] for p in parts] == ["ceiling", "ceiling", "down-net", "up-net"]
+    assert parts[1]["reconstruction_points"] == 4 * parts[0]["reconstruction_points"]
+    assert parts[0]["P-AUROC"] > 0.8 and parts[1]["P-AUROC"] > parts[0]["P-AUROC"]
+    assert parts[0]["O-AUROC"] == 1.0
+    assert 0 < parts[2]["normal_in_mm"] < parts[2]["defect_in_mm"]
+    assert parts[3]["recon_to_surface_mm"] > 0
