@@ -75,6 +75,26 @@ def test_bad_frames_get_error_results_and_the_service_goes_on():
     assert status["errors"] == len(cases) + 1 and status["frames_out"] == len(cases) + 2
 
 
+def test_a_message_over_the_size_limit_costs_only_its_connection():
+    """A frame over MAX_MESSAGE_BYTES: ZeroMQ drops the sensor connection instead of buffering it (and would not
+    reconnect by itself), the service connects and subscribes again, and the next frame is processed as usual."""
+    huge = np.zeros((protocol.MAX_MESSAGE_BYTES // 12 + 1024, 3), np.float32)
+    with running_service(policy="every", queue=4) as (service, sensor, client):
+        wait_status(client)
+        sensor.send_multipart(encode_frame(huge, 1, "cam"))
+        del huge
+        deadline = time.monotonic() + 10
+        while True:  # the reconnected SUB's subscription (XPUB may first report the dropped one)
+            assert sensor.poll(max(1, int((deadline - time.monotonic()) * 1e3))), "service did not reconnect"
+            if sensor.recv()[:1] == b"\x01":
+                break
+        sensor.send_multipart(encode_frame(part(1), 2, "cam"))
+        res = recv_result(client)
+        status = wait_status(client)
+    assert res["status"] == "ok" and res["seq"] == 2 and res["anomalous"] is False
+    assert status["frames_out"] == 1 and status["errors"] == 0 and status["reconnects"] == 1
+
+
 def test_scene_crop_removes_the_conveyor_before_detection(tmp_path):
     rng = np.random.default_rng(0)
     belt = np.c_[rng.uniform(-60, 60, 4000), rng.uniform(-50, 50, 4000), rng.normal(0, 0.1, 4000)]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from edgead.detector import MAX_POINTS
 from edgead.stream import protocol
@@ -100,7 +101,7 @@ class Stats:
     def __init__(self):
         self.lock = threading.Lock()
         self.t0 = time.time()
-        self.frames_in = self.frames_out = self.errors = self.lost = 0
+        self.frames_in = self.frames_out = self.errors = self.lost = self.reconnects = 0
         self.latency_ms: collections.deque = collections.deque(maxlen=1000)  # received -> published
         self.published: collections.deque = collections.deque(maxlen=10000)  # publish times, for fps
         self.last_seq: dict[str, int] = {}
@@ -178,11 +179,23 @@ class Service:
                 auth.stop()
 
     def _receive(self, sub: zmq.Socket, stop: threading.Event) -> None:
+        # A message part over MAXMSGSIZE is a protocol error to ZeroMQ, and after a protocol error it drops the
+        # connection without ever reconnecting: one oversized frame would cut the sensor off for good. The socket
+        # monitor reports the drop, and the receiver connects again.
+        monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         try:
             while not stop.is_set():
-                if not poller.poll(100):
+                events = dict(poller.poll(100))
+                if monitor in events:
+                    recv_monitor_message(monitor)
+                    sub.disconnect(self.cfg.sub)
+                    sub.connect(self.cfg.sub)
+                    with self.stats.lock:
+                        self.stats.reconnects += 1
+                if sub not in events:
                     continue
                 while True:  # drain what is there, so `latest` sees the newest frame
                     try:
@@ -193,6 +206,8 @@ class Service:
                         self.stats.frames_in += 1
                     self.buffer.put((parts, time.time()))
         finally:
+            sub.disable_monitor()
+            monitor.close(linger=0)
             sub.close(linger=0)
 
     def _publish(self, pub: zmq.Socket) -> None:
@@ -280,7 +295,8 @@ class Service:
             return {
                 "schema": protocol.SCHEMA, "type": "status", "t": now, "uptime_s": now - s.t0,
                 "frames_in": s.frames_in, "frames_out": s.frames_out, "dropped": self.buffer.dropped,
-                "lost": s.lost, "errors": s.errors, "fps": recent / window, "policy": self.cfg.policy,
+                "lost": s.lost, "errors": s.errors, "reconnects": s.reconnects, "fps": recent / window,
+                "policy": self.cfg.policy,
                 "queue": self.cfg.queue if self.cfg.policy == "every" else 1,
                 "latency_ms": {f"p{q}": (float(np.percentile(lat, q)) if lat is not None else None)
                                for q in (50, 95, 99)},
