@@ -174,3 +174,15 @@ def test_replay_refuses_unknown_files(tmp_path):
         next(file_frames([tmp_path / "x.jpg"]))
     with pytest.raises(FileNotFoundError):
         next(file_frames([tmp_path / "missing.npy"]))
+
+
+def test_replay_skips_an_unreadable_file_and_goes_on(tmp_path, capsys):
+    a, b = part(1), part(2)
+    np.save(tmp_path / "a.npy", a)
+    (tmp_path / "broken.pcd").write_bytes(b"VERSION .7\nFIELDS x y z\nDATA binary\n\x00\x01")
+    np.save(tmp_path / "b.npy", b)
+    got = [p for p, _ in file_frames([tmp_path / "a.npy", tmp_path / "broken.pcd", tmp_path / "b.npy"])]
+    assert len(got) == 2
+    np.testing.assert_array_equal(got[0], a)
+    np.testing.assert_array_equal(got[1], b)
+    assert "broken.pcd" in capsys.readouterr().err

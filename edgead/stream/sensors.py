@@ -162,8 +162,12 @@ def bag_frames(path: Path, to_points: DepthToPoints) -> Iterator[tuple[np.ndarra
 # -- replay ------------------------------------------------------------------------------------------------------
 def file_frames(files: list[Path], loop: bool = False, to_points: DepthToPoints | None = None
                 ) -> Iterator[tuple[np.ndarray, float]]:
-    """Clouds from point-cloud files and RealSense recordings, in order, forever with ``loop``."""
-    from edgead.io import read_points
+    """Clouds from point-cloud files and RealSense recordings, in order, forever with ``loop``.
+
+    A file that cannot be read (corrupt, truncated) is skipped with a warning naming it, as a camera drops a bad
+    frame: one broken scan in a folder must not end a replay of the rest.
+    """
+    from edgead.io import PointCloudError, read_points
 
     for f in files:
         if not f.is_file():
@@ -176,7 +180,12 @@ def file_frames(files: list[Path], loop: bool = False, to_points: DepthToPoints 
             if f.suffix.lower() in RECORDING_SUFFIXES:
                 yield from bag_frames(f, to_points or DepthToPoints())
             else:
-                yield read_points(f), time.time()
+                try:
+                    points = read_points(f)
+                except PointCloudError as exc:
+                    print(f"edgead sensor: skipping {exc}", file=sys.stderr, flush=True)
+                    continue
+                yield points, time.time()
         if not loop:
             return
 
