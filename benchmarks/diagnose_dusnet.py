@@ -39,8 +39,8 @@ def aurocs(tests, point_scores: list[np.ndarray]) -> dict[str, float]:
 
 
 def mean_mm(values: list[np.ndarray]) -> float | None:
-    v = np.concatenate(values) if values else np.zeros(0)
-    return round(float(v.mean()), 3) if len(v) else None
+    """Mean over all the arrays (mm, 3 decimals); None when there are none (e.g. no defective centres)."""
+    return round(float(np.concatenate(values).mean()), 3) if values else None
 
 
 @torch.inference_mode()
