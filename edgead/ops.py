@@ -8,6 +8,7 @@ against these.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -122,6 +123,49 @@ def nearest_distance(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return knn(query, ref, 1)[0][:, 0]
 
 
+def voxel_representatives(points: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
+    """One representative point per occupied cubic voxel of edge ``size`` (voxels aligned to the bounding box).
+
+    (N, 3) -> reps (U,) int64 indices into ``points`` (ascending), owner (N,) int64: each point's representative
+    is ``reps[owner]``, a point of the same voxel. Scoring the U representatives and spreading their scores with
+    ``owner`` costs O(N) instead of a nearest-neighbour query per point. No sort: voxels go into a hash table,
+    and a point whose slot holds another voxel (a hash collision) represents itself, so a point and its
+    representative always share a voxel. Deterministic for a given numpy (table writes run in index order).
+    ``size <= 0``, or a frame of 2^62 voxels or more, gives every point to itself.
+    """
+    n = len(points)
+    identity = np.arange(n, dtype=np.int64)
+    if size <= 0 or n < 2:
+        return identity, identity
+    lo = np.array([points[:, i].min() for i in range(3)], dtype=np.float32)  # per column: see bbox_center
+    hi = np.array([points[:, i].max() for i in range(3)], dtype=np.float32)
+    inv = np.float32(1.0 / size)
+    dims = np.floor((hi - lo) * inv).astype(np.float64) + 1
+    if float(np.prod(dims)) >= 2.0**62:  # a stray point metres away at a sub-millimetre voxel size
+        return identity, identity
+    code = np.zeros(n, dtype=np.int64)  # the voxel's exact row-major index in the bounding box's grid
+    for i in range(3):
+        code *= int(dims[i])
+        code += np.floor((points[:, i] - lo[i]) * inv).astype(np.int64)  # float32: voxel = floor((x - lo) / size)
+    bits = max(10, (n - 1).bit_length() + 2)  # load factor <= 1/4
+    slot = ((code.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits)).astype(np.intp)
+    table = np.empty(1 << bits, dtype=np.int32)  # only written slots are read
+    table[slot] = identity
+    rep = table[slot]
+    rep = np.where(code[rep] == code, rep, identity)
+    reps = np.flatnonzero(rep == identity)
+    position = np.empty(n, dtype=np.int64)
+    position[reps] = np.arange(len(reps))
+    return reps, position[rep]
+
+
+def score_by_voxel(points: np.ndarray, size: float, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``score`` evaluated on one representative point per voxel of edge ``size`` and spread over the voxel:
+    (N, 3) -> (N,). Every point gets the exact score of a point at most ``size * sqrt(3)`` away."""
+    reps, owner = voxel_representatives(points, size)
+    return score(points[reps])[owner]
+
+
 def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares rigid motion mapping paired points ``src`` onto ``dst``. (M, 3), (M, 3) -> R (3, 3), t (3,)."""
     cs, cd = src.mean(0), dst.mean(0)
@@ -190,13 +234,29 @@ def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: flo
     return r.astype(np.float32), t.astype(np.float32)
 
 
+def rigid_transform(points: np.ndarray, r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``points @ r.T + t`` for whole frames: (N, 3), (3, 3), (3,) -> (N, 3) float32.
+
+    Column by column rather than a BLAS call: on 2 cores OpenBLAS threads keep spinning after the product and slow
+    the k-d tree queries that follow by 2-3x (measured in docs/performance.md)."""
+    cols = [points[:, j].astype(np.float32, copy=False) for j in range(3)]
+    out = np.empty((len(points), 3), dtype=np.float32)
+    for i in range(3):
+        out[:, i] = cols[0] * np.float32(r[i, 0]) + cols[1] * np.float32(r[i, 1]) + cols[2] * np.float32(r[i, 2]) \
+            + np.float32(t[i])
+    return out
+
+
 def to_model_frame(points: np.ndarray, norm: Normalization, reference: np.ndarray | None = None,
-                   icp_points: int = 2048) -> np.ndarray:
+                   icp_points: int = 2048, normals: np.ndarray | None = None) -> np.ndarray:
     """(N, 3) sensor units -> (N, 3) float32 in a network's frame: bounding-box centre at 0, the fixed training
     scale, and, given a ``reference`` (R, 3) in that frame, ICP-aligned to it on a stride subsample of
-    ``icp_points`` points. Parts arrive at any offset and pose, one-sided or full; the networks see one frame."""
-    x = norm.apply(points, bbox_center(points))
-    if reference is not None and len(x) >= 3:
-        r, t = rigid_icp(x[stride_subsample(len(x), icp_points)], reference)
-        x = (x @ r.T + t).astype(np.float32)
-    return x
+    ``icp_points`` points (point-to-plane given the reference's ``normals`` (R, 3): 4x faster than point-to-point
+    on test scans, same residual). Parts arrive at any offset and pose, one-sided or full; the networks see one
+    frame."""
+    center = bbox_center(points)
+    if reference is None or len(points) < 3:
+        return norm.apply(points, center)
+    sub = norm.apply(points[stride_subsample(len(points), icp_points)], center)
+    r, t = rigid_icp(sub, reference, normals=normals)
+    return rigid_transform(points - center, r / np.float32(norm.scale), t)  # normalise and align in one pass

@@ -107,3 +107,48 @@ def test_point_to_plane_icp_converges_in_few_iterations():
     moved = partial @ r.T + t
     est_r, est_t = ops.rigid_icp(moved, full, iters=10, normals=ops.estimate_normals(full))
     assert np.abs(moved @ est_r.T + est_t - partial).max() < 0.05  # mm
+
+
+def voxel_of(points, size):
+    """The documented voxel of each point: floor((x - min) / size) per axis, in float32."""
+    lo = points.min(0)
+    return np.floor((points - lo) * np.float32(1.0 / size)).astype(np.int64)
+
+
+def test_voxel_representatives_share_a_voxel_and_cover_every_point():
+    pts = cloud(200_000)
+    pts[-1] = [5e4, -3e4, 1e5]  # a stray point far away must not be merged with anything
+    for size in (0.5, 2.0, 7.0):
+        reps, owner = ops.voxel_representatives(pts, size)
+        vox = voxel_of(pts, size)
+        distinct = len(np.unique(vox, axis=0))
+        assert np.array_equal(vox[reps[owner]], vox)  # every point's representative is in its voxel
+        assert np.array_equal(owner[reps], np.arange(len(reps)))  # representatives represent themselves
+        assert np.all(np.diff(reps) > 0) and owner[-1] == len(reps) - 1  # ascending; the stray point alone
+        assert distinct <= len(reps) <= 1.1 * distinct  # hash collisions only cost a few extra representatives
+        again = ops.voxel_representatives(pts.copy(), size)
+        assert np.array_equal(again[0], reps) and np.array_equal(again[1], owner)
+    identity = np.arange(len(pts))
+    for reps, owner in (ops.voxel_representatives(pts, 0.0), ops.voxel_representatives(pts, 1e-30)):
+        assert np.array_equal(reps, identity) and np.array_equal(owner, identity)  # off, or too many voxels
+
+
+def test_score_by_voxel_spreads_exact_scores_within_the_voxel_diagonal():
+    pts, ref = cloud(50_000, seed=1), cloud(3000, seed=2)
+    exact = ops.nearest_distance(pts, ref)
+    size = 4.0  # 15625 voxels for 50k points
+    spread = ops.score_by_voxel(pts, size, lambda q: ops.nearest_distance(q, ref))
+    reps, _ = ops.voxel_representatives(pts, size)
+    np.testing.assert_array_equal(spread[reps], exact[reps])  # representatives get their own exact score
+    # a distance to a set is 1-Lipschitz: a point differs from its representative by at most the voxel diagonal
+    assert np.abs(spread - exact).max() <= size * np.sqrt(3) + 1e-4
+    assert len(reps) < len(pts) / 2
+    np.testing.assert_array_equal(ops.score_by_voxel(pts, 0, lambda q: ops.nearest_distance(q, ref)), exact)
+
+
+def test_rigid_transform_matches_the_matrix_product():
+    pts = cloud(10_000)
+    r = ops.kabsch(pts[:3] @ np.diag([1, -1, -1]).astype(np.float32), pts[:3])[0]
+    t = np.array([1.5, -2.0, 300.0], np.float32)
+    np.testing.assert_allclose(ops.rigid_transform(pts, r, t), pts @ r.T + t, rtol=1e-6, atol=1e-4)
+    assert ops.rigid_transform(pts.astype(np.float64), r, t).dtype == np.float32

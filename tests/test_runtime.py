@@ -12,6 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from engine_helpers import part, trained_and_exported  # noqa: E402
 
+from edgead import bench  # noqa: E402
 from edgead.detector import EdgeDetector  # noqa: E402
 from edgead.export.manifest import sha256, write_manifest  # noqa: E402
 
@@ -99,3 +100,22 @@ def test_tensorrt_matches_onnx_runtime(engines, kind, tmp_path):
     scale = float(np.nanmax(ref.point_scores))
     assert np.nanmean(np.abs(got.point_scores - ref.point_scores)) < 0.05 * scale
     assert abs(got.score - ref.score) < 0.1 * scale
+
+
+@pytest.mark.parametrize("kind", ["dusnet", "r3dad"])
+def test_bench_reports_every_stage_for_the_engine_and_both_references(engines, kind, tmp_path):
+    """``edgead bench`` end to end on a real exported engine: figures, not targets (timing is not asserted)."""
+    run, out = engines[kind]
+    report_file = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "edgead", "bench", str(out / f"{kind}.onnx"), "--points", "20000", "--frames", "2",
+           "--reference-frames", "1", "--threads", "1", "--json", str(report_file)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(report_file.read_text())
+    assert report["reference"] == str(run) and report["points"] == 20000
+    for key in ("engine_stats", "torch_eager_stats", "torch_numpy_geometry_stats"):
+        stats = report[key]
+        assert all(stats[s]["median"] > 0 and stats[s]["p95"] >= stats[s]["median"] for s in bench.STAGES), key
+        assert stats["fps"] == pytest.approx(1000 / stats["total"]["median"])
+    assert report["speedup_vs_torch_eager"] > 0 and report["peak_rss_mb_engine"] > 0
+    assert "every point scored" in proc.stdout and "frames/s" in proc.stdout

@@ -1,5 +1,6 @@
 """The RealSense path through the SDK's software device (real librealsense filters and deprojection, no camera)."""
 
+import gc
 import re
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def test_replay_of_a_realsense_recording(tmp_path):
     live = [p for p, _ in realsense_frames(cam, DepthToPoints(decimation=2), 2000)]
     cam.close()
     del cam
+    gc.collect()  # the recorder finishes its file when the device is destroyed: make that happen now
     replayed = [p for p, _ in file_frames([rec], to_points=DepthToPoints(decimation=2))]
     assert len(replayed) == 3
     for a, b in zip(live, replayed, strict=True):

@@ -33,6 +33,7 @@ class DusNetConfig:
     down_net: bool = True  # False: the Up-Net runs on the FPS centres themselves (ablation "Down-Net -> FPS")
     score: str = "surface"  # eq. 15 distance d: "point" (nearest reconstructed point, literal) or "surface" (docs)
     normal_k: int = 16  # "surface": reconstructed points in each PCA normal estimate
+    score_voxel: float = 0.01  # score one point per voxel of this edge (normalised) and spread it; 0: every point
     calibrate: bool = False  # subtract the training scans' reconstruction error near each point (measured: worse)
     align: bool = True  # ICP-align each frame to the stored training reference before normalising
     icp_points: int = 2048  # frame subsample used for ICP
@@ -49,7 +50,7 @@ PRESETS = {
     "cpu": DusNetConfig(),
     "paper": DusNetConfig(groups=8192, group_size=512, gamma=8, thin=0, pos_dim=384, patch_dim=384, width=384,
                           depth=4, heads=6, up_dim=128, up_k=32, steps_down=20000, steps_up=20000, batch=4, pool=256,
-                          score="point"),
+                          score="point", score_voxel=0.0),
     "tiny": DusNetConfig(groups=64, group_size=16, gamma=8, thin=2048, pos_dim=16, patch_dim=32, width=32, depth=1,
                          heads=2, up_dim=16, up_k=8, icp_points=512, steps_down=30, steps_up=30, lr=3e-3, pool=8),
 }
@@ -70,6 +71,7 @@ class Pipeline:
         self.config = config
         self.normalization = normalization
         self.reference = None if reference is None or len(reference) == 0 else reference.astype(np.float32)
+        self.reference_normals = None if self.reference is None else edge_ops.estimate_normals(self.reference)
         # (M,) sensor-unit score that normal training scans get near each reference point (empty: not calibrated)
         self.baseline = None if baseline is None or len(baseline) == 0 else baseline.astype(np.float32)
         self.ops = ops  # farthest_point_sample, group, knn, nearest_distance: swappable for CUDA kernels
@@ -78,7 +80,8 @@ class Pipeline:
     def to_model_frame(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) sensor units -> (N, 3) float32 normalised, aligned to the training reference when it has one."""
         reference = self.reference if self.config.align else None
-        return edge_ops.to_model_frame(points, self.normalization, reference, self.config.icp_points)
+        return edge_ops.to_model_frame(points, self.normalization, reference, self.config.icp_points,
+                                       self.reference_normals)
 
     def group(self, x: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(n, 3) normalised points -> patches (G, K, 3) relative to their centres, centers (G, 3); fixed shapes."""
@@ -100,7 +103,9 @@ class Pipeline:
         return {"patches": patches, "centers": centers}, x
 
     def postprocess(self, points: np.ndarray, context: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        scores = score_points(context, outputs["recon"], self.config.score, self.config.normal_k, self.ops)
+        cfg = self.config
+        scores = edge_ops.score_by_voxel(
+            context, cfg.score_voxel, lambda x: score_points(x, outputs["recon"], cfg.score, cfg.normal_k, self.ops))
         scores = scores * np.float32(self.normalization.scale)
         if self.config.calibrate and self.baseline is not None:
             _, idx = self.ops.knn(context, self.reference, 1)

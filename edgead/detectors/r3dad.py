@@ -34,6 +34,7 @@ class R3DADConfig:
     noise_seed: int = 0  # seed of the fixed start noise stored in the graph
     score: str = "nn"  # "nn": distance to the nearest reconstructed point; "cluster": Algorithm 3 cluster distance
     k: int = 8  # neighbours of the cluster distance
+    score_voxel: float = 0.01  # score one point per voxel of this edge (normalised) and spread it; 0: every point
     align: bool = True  # rigidly align each frame to the stored training reference (ICP) before subsampling
     ref_points: int = 2048  # size of that reference, and of the frame subsample ICP runs on
     # training
@@ -59,9 +60,9 @@ class R3DADConfig:
 PRESETS = {
     "cpu": R3DADConfig(hidden=(64, 128, 256, 128, 64), encoder=(64, 128, 256), latent_dim=128),
     "paper": R3DADConfig(num_points=2048, steps=40_000, batch_size=128, rotate_deg=180.0, sample_steps=20,
-                          patches=1),
+                          patches=1, score_voxel=0.0),
     "paper-real3d": R3DADConfig(num_points=4096, steps=40_000, batch_size=128, rotate_deg=180.0, sample_steps=20,
-                                patches=1),
+                                patches=1, score_voxel=0.0),
 }
 
 
@@ -107,6 +108,7 @@ class Pipeline:
     def __init__(self, config: R3DADConfig, norm: Normalization, reference: np.ndarray):
         self.config, self.norm = config, norm
         self.reference = np.ascontiguousarray(reference, dtype=np.float32)  # (R, 3) training reference, normalised
+        self.reference_normals = ops.estimate_normals(self.reference) if len(self.reference) >= 3 else None
         self.ops = ops  # geometry ops; the GPU backend swaps in CUDA kernels
 
     def normalize(self, points: np.ndarray) -> np.ndarray:
@@ -116,7 +118,7 @@ class Pipeline:
         offsets), and alignment to a stored reference removes the pose difference the encoder would otherwise see.
         """
         reference = self.reference if self.config.align else None
-        return ops.to_model_frame(points, self.norm, reference, self.config.ref_points)
+        return ops.to_model_frame(points, self.norm, reference, self.config.ref_points, self.reference_normals)
 
     def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
         x = self.normalize(points)
@@ -130,7 +132,8 @@ class Pipeline:
             s = cluster_distance(sub, recon, self.config.k, self.ops)
         else:
             s = self.ops.nearest_distance(sub, recon)
-        return propagate(x, sub, s, self.ops) * np.float32(self.norm.scale)
+        scores = ops.score_by_voxel(x, self.config.score_voxel, lambda q: propagate(q, sub, s, self.ops))
+        return scores * np.float32(self.norm.scale)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         meta = {"kind": self.kind, "config": asdict(self.config), "normalization": self.norm.to_dict()}

@@ -94,7 +94,7 @@ class Pipeline:
 
     def postprocess(self, points: np.ndarray, context, outputs: dict[str, np.ndarray]) -> np.ndarray:
         r, t = context
-        dist, _ = self.tree.query(np.ascontiguousarray(points @ r.T + t, dtype=np.float32), k=1)
+        dist, _ = self.tree.query(ops.rigid_transform(points, r, t), k=1)
         return dist.astype(np.float32)  # = ops.nearest_distance, without rebuilding the tree
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
