@@ -9,6 +9,7 @@ pytest.importorskip("onnxruntime")
 
 from engine_helpers import KINDS, part, trained_and_exported  # noqa: E402
 
+from edgead import ops  # noqa: E402
 from edgead.detector import EdgeDetector  # noqa: E402
 from edgead.export import export_run  # noqa: E402
 from edgead.export import onnx as onnx_export  # noqa: E402
@@ -145,3 +146,24 @@ def test_export_rejects_bad_requests(exported, tmp_path):
         export_run(run, tmp_path / "e", fmt="tflite")
     with pytest.raises(ValueError, match="engine name"):
         export_run(run, tmp_path / "e", name="../evil")
+    with pytest.raises(ValueError, match="score-voxel"):
+        export_run(run, tmp_path / "e", score_voxel=-1.0)
+
+
+def test_score_voxel_chosen_at_export(exported, tmp_path):
+    """The run's voxel scoring spreads one score over each voxel; ``--score-voxel 0`` scores every point."""
+    kind, run, out, doc = exported
+    assert doc["pipeline"]["config"]["score_voxel"] > 0
+    export_run(run, tmp_path, kind, "onnx", score_voxel=0.0)
+    exact_doc = json.loads((tmp_path / f"{kind}.json").read_text())
+    assert exact_doc["pipeline"]["config"]["score_voxel"] == 0.0
+    frame = part(n=40_000, seed=12, bump=True)
+    det = EdgeDetector.load(out / f"{kind}.onnx")
+    voxel = det.detect(frame).point_scores
+    exact = EdgeDetector.load(tmp_path / f"{kind}.onnx").detect(frame).point_scores
+    _, context = det.pipeline.preprocess(frame)
+    x = context if kind == "dusnet" else context[0]  # the frame in the model's normalised coordinates
+    reps, owner = ops.voxel_representatives(x, doc["pipeline"]["config"]["score_voxel"])
+    assert len(reps) < 0.8 * len(frame)  # 40k points on an 80 mm part share voxels
+    np.testing.assert_array_equal(voxel[reps], exact[reps])  # representatives: the exact score ...
+    np.testing.assert_array_equal(voxel, voxel[reps][owner])  # ... spread over their voxel

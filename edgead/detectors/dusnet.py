@@ -33,7 +33,7 @@ class DusNetConfig:
     down_net: bool = True  # False: the Up-Net runs on the FPS centres themselves (ablation "Down-Net -> FPS")
     score: str = "surface"  # eq. 15 distance d: "point" (nearest reconstructed point, literal) or "surface" (docs)
     normal_k: int = 16  # "surface": reconstructed points in each PCA normal estimate
-    score_voxel: float = 0.01  # score one point per voxel of this edge (normalised) and spread it; 0: every point
+    score_voxel: float = 0.015  # score one point per voxel of this edge (normalised) and spread it; 0: every point
     calibrate: bool = False  # subtract the training scans' reconstruction error near each point (measured: worse)
     align: bool = True  # ICP-align each frame to the stored training reference before normalising
     icp_points: int = 2048  # frame subsample used for ICP

@@ -34,7 +34,7 @@ class R3DADConfig:
     noise_seed: int = 0  # seed of the fixed start noise stored in the graph
     score: str = "nn"  # "nn": distance to the nearest reconstructed point; "cluster": Algorithm 3 cluster distance
     k: int = 8  # neighbours of the cluster distance
-    score_voxel: float = 0.01  # score one point per voxel of this edge (normalised) and spread it; 0: every point
+    score_voxel: float = 0.015  # score one point per voxel of this edge (normalised) and spread it; 0: every point
     align: bool = True  # rigidly align each frame to the stored training reference (ICP) before subsampling
     ref_points: int = 2048  # size of that reference, and of the frame subsample ICP runs on
     # training

@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="onnx; trt (fails without TensorRT and a GPU); all (default: onnx, plus trt where possible)")
     p.add_argument("--frame", type=Path,
                    help="point cloud for the parity check (default: the run's stored reference shape)")
+    p.add_argument("--score-voxel", type=float, metavar="SIZE",
+                   help="score one point per voxel of this edge (normalised units) and spread it over the voxel; "
+                        "0: score every point (default: the run's, 0.015 in the cpu presets; docs/performance.md)")
 
 
 def main(args: argparse.Namespace) -> int:
-    doc = export_run(args.run_dir, args.out, args.name, args.format, args.frame)
+    doc = export_run(args.run_dir, args.out, args.name, args.format, args.frame, args.score_voxel)
     for key, figures in doc["parity"].items():
         print(f"parity {key}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
     if doc.get("trt_skipped"):
@@ -49,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def export_run(run_dir: Path, out: Path, name: str | None = None, fmt: str = "all", frame: Path | None = None,
-               ) -> dict:
+               score_voxel: float | None = None) -> dict:
     """Export a run directory; returns the manifest written to ``out/NAME.json``."""
     from edgead.detectors import load_pipeline
     from edgead.export import onnx as onnx_export
@@ -66,6 +70,10 @@ def export_run(run_dir: Path, out: Path, name: str | None = None, fmt: str = "al
     pipeline, doc = load_pipeline(run_dir / RUN_JSON, run_dir / RUN_NPZ)
     if pipeline.kind == "template":
         raise ValueError(f"{run_dir}: a template detector has no network to export; load the run directory itself")
+    if score_voxel is not None:
+        if not score_voxel >= 0:
+            raise ValueError(f"--score-voxel must be >= 0 (0: score every point), got {score_voxel}")
+        pipeline.config = replace(pipeline.config, score_voxel=score_voxel)
     trt_reason = trt.unavailable_reason()
     if fmt == "trt" and trt_reason:
         raise RuntimeError(f"cannot build a TensorRT plan: {trt_reason}")
