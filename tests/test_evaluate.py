@@ -126,3 +126,24 @@ def test_train_and_eval_commands_on_a_category_root(tmp_path, capsys):
     # the library function gives the same metrics as the command
     again = evaluate.evaluate(EdgeDetector.load(tmp_path / "run"), tmp_path / "data" / "ellipsoid")
     assert {m: again["categories"]["ellipsoid"][m] for m in evaluate.METRICS} == {m: cat[m] for m in evaluate.METRICS}
+
+
+def test_voxel_scoring_benchmark_reports_each_size(tmp_path):
+    """benchmarks/voxel_scoring.py: one JSON line per voxel size; size 0 is exactly `edgead eval`'s scoring."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "ellipsoid"
+    write_category(data, n=20000)
+    template.train([part_scan(20000, s)[0] for s in range(3)], tmp_path / "run")
+    script = Path(__file__).parents[1] / "benchmarks" / "voxel_scoring.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "--data", str(data),
+                           "--sizes", "0,1.0"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    exact, voxel = (json.loads(line) for line in proc.stdout.splitlines())
+    ref = evaluate.evaluate(EdgeDetector.load(tmp_path / "run"), data)["categories"]["ellipsoid"]
+    assert (exact["score_voxel"], voxel["score_voxel"]) == (0.0, 1.0)
+    assert exact["p_auroc"] == round(ref["p_auroc"], 4) and exact["o_auroc"] == round(ref["o_auroc"], 4)
+    assert voxel["o_auroc"] == 1.0 and abs(voxel["p_auroc"] - exact["p_auroc"]) < 0.05  # 1 mm voxels, 2 mm bulge
+    assert voxel["p_auroc"] != exact["p_auroc"]  # the voxel size reached the scoring

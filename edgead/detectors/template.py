@@ -32,6 +32,7 @@ class TemplateConfig:
     start_angle: float = 20.0  # degrees: restarts rotate the scan by +-this about each axis ...
     start_shift: float = 0.1  # ... or shift it by +-this fraction of the reference's extent along each axis
     fit_tolerance: float = 0.0  # mm^2: a first fit with a larger trimmed residual tries the restarts (0: always)
+    score_voxel: float = 0.0  # mm: score one point per voxel of this edge and spread it (0: every point; see docs)
 
 
 @dataclass
@@ -94,8 +95,11 @@ class Pipeline:
 
     def postprocess(self, points: np.ndarray, context, outputs: dict[str, np.ndarray]) -> np.ndarray:
         r, t = context
-        dist, _ = self.tree.query(ops.rigid_transform(points, r, t), k=1)
-        return dist.astype(np.float32)  # = ops.nearest_distance, without rebuilding the tree
+        return ops.score_by_voxel(ops.rigid_transform(points, r, t), self.config.score_voxel, self.distance)
+
+    def distance(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) aligned points -> (N,) float32: ops.nearest_distance to the reference with the prebuilt tree."""
+        return self.tree.query(points, k=1)[0].astype(np.float32)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {"kind": self.kind, **asdict(self.config)}, {"reference": self.reference, "normals": self.normals}
