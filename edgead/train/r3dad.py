@@ -18,7 +18,7 @@ import torch
 
 from edgead import ops
 from edgead.detectors import save_pipeline
-from edgead.detectors.r3dad import Pipeline, R3DADConfig, preset
+from edgead.detectors.r3dad import FPS_POOL, Pipeline, R3DADConfig, preset
 from edgead.models import WEIGHTS
 from edgead.models.r3dad import R3DAD
 from edgead.ops import Normalization
@@ -42,7 +42,7 @@ def normalised_clouds(clouds: list[np.ndarray], cfg: R3DADConfig) -> tuple[Norma
 
 
 def view_pool(clouds: list[np.ndarray], m: int, per_cloud: int, rng: np.random.Generator) -> np.ndarray:
-    """(V, m, 3) training views: FPS from a random start on a random subset of 4 m points of each cloud.
+    """(V, m, 3) training views: FPS from a random start on a random subset of FPS_POOL m points of each cloud.
 
     Views are drawn once (FPS is the costly part of a step) and then varied by Patch-Gen's rotation and defect.
     FPS rather than the paper's uniform downsampling because the runtime feeds FPS subsamples: same density.
@@ -53,7 +53,7 @@ def view_pool(clouds: list[np.ndarray], m: int, per_cloud: int, rng: np.random.G
             if len(cloud) < m:
                 views.append(cloud[rng.integers(len(cloud), size=m)])
                 continue
-            pre = rng.permutation(len(cloud))[: 4 * m]
+            pre = rng.permutation(len(cloud))[: FPS_POOL * m]
             views.append(cloud[pre[ops.farthest_point_sample(cloud[pre], m, int(rng.integers(len(pre))))]])
     return np.stack(views).astype(np.float32)
 
