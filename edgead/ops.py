@@ -147,7 +147,7 @@ def voxel_representatives(points: np.ndarray, size: float) -> tuple[np.ndarray, 
     for i in range(3):
         code *= int(dims[i])
         code += np.floor((points[:, i] - lo[i]) * inv).astype(np.int64)  # float32: voxel = floor((x - lo) / size)
-    bits = max(10, (n - 1).bit_length() + 2)  # load factor <= 1/4
+    bits = max(10, min(24, (n - 1).bit_length() + 2))  # load factor <= 1/4 up to 4M points; table <= 64 MB
     slot = ((code.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits)).astype(np.intp)
     table = np.empty(1 << bits, dtype=np.int32)  # only written slots are read
     table[slot] = identity
