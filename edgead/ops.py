@@ -124,29 +124,31 @@ def nearest_distance(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def voxel_representatives(points: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
-    """One representative point per occupied cubic voxel of edge ``size`` (voxels aligned to the bounding box).
+    """One representative point per occupied cubic voxel ``floor(x / size)`` (a grid fixed at the origin, so a part
+    aligned to the same model frame gets the same voxels wherever the sensor saw it).
 
     (N, 3) -> reps (U,) int64 indices into ``points`` (ascending), owner (N,) int64: each point's representative
     is ``reps[owner]``, a point of the same voxel. Scoring the U representatives and spreading their scores with
     ``owner`` costs O(N) instead of a nearest-neighbour query per point. No sort: voxels go into a hash table,
     and a point whose slot holds another voxel (a hash collision) represents itself, so a point and its
     representative always share a voxel. Deterministic for a given numpy (table writes run in index order).
-    ``size <= 0``, or a frame of 2^62 voxels or more, gives every point to itself.
+    ``size <= 0``, or coordinates of 2^62 voxels or more, gives every point to itself.
     """
     n = len(points)
     identity = np.arange(n, dtype=np.int64)
     if size <= 0 or n < 2:
         return identity, identity
-    lo = np.array([points[:, i].min() for i in range(3)], dtype=np.float32)  # per column: see bbox_center
-    hi = np.array([points[:, i].max() for i in range(3)], dtype=np.float32)
-    inv = np.float32(1.0 / size)
-    dims = np.floor((hi - lo) * inv).astype(np.float64) + 1
-    if float(np.prod(dims)) >= 2.0**62:  # a stray point metres away at a sub-millimetre voxel size
-        return identity, identity
-    code = np.zeros(n, dtype=np.int64)  # the voxel's exact row-major index in the bounding box's grid
+    inv = np.float32(1.0 / size)  # float32, as the points: voxel = floor(x * (1 / size))
+    lo = np.array([points[:, i].min() for i in range(3)], dtype=np.float64) * inv  # per column: see bbox_center
+    hi = np.array([points[:, i].max() for i in range(3)], dtype=np.float64) * inv
+    if max(np.abs(lo).max(), np.abs(hi).max()) >= 2.0**62 or float(np.prod(hi - lo + 2)) >= 2.0**62:
+        return identity, identity  # a stray point metres away at a sub-millimetre voxel size
+    code = np.zeros(n, dtype=np.int64)  # the voxel's exact row-major index in the frame's box of voxels
     for i in range(3):
-        code *= int(dims[i])
-        code += np.floor((points[:, i] - lo[i]) * inv).astype(np.int64)  # float32: voxel = floor((x - lo) / size)
+        q = np.floor(points[:, i] * inv).astype(np.int64)
+        q0 = int(q.min())
+        code *= int(q.max()) - q0 + 1
+        code += q - q0
     bits = max(10, min(24, (n - 1).bit_length() + 2))  # load factor <= 1/4 up to 4M points; table <= 64 MB
     slot = ((code.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits)).astype(np.intp)
     table = np.empty(1 << bits, dtype=np.int32)  # only written slots are read

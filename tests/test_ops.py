@@ -110,9 +110,8 @@ def test_point_to_plane_icp_converges_in_few_iterations():
 
 
 def voxel_of(points, size):
-    """The documented voxel of each point: floor((x - min) / size) per axis, in float32."""
-    lo = points.min(0)
-    return np.floor((points - lo) * np.float32(1.0 / size)).astype(np.int64)
+    """The documented voxel of each point: floor(x * (1 / size)) per axis, in float32."""
+    return np.floor(points * np.float32(1.0 / size)).astype(np.int64)
 
 
 def test_voxel_representatives_share_a_voxel_and_cover_every_point():
@@ -152,3 +151,16 @@ def test_rigid_transform_matches_the_matrix_product():
     t = np.array([1.5, -2.0, 300.0], np.float32)
     np.testing.assert_allclose(ops.rigid_transform(pts, r, t), pts @ r.T + t, rtol=1e-6, atol=1e-4)
     assert ops.rigid_transform(pts.astype(np.float64), r, t).dtype == np.float32
+
+
+def test_voxel_grid_is_fixed_in_space():
+    """The grid does not follow the frame's extent: a cloud and the same cloud moved by whole voxels (exactly,
+    coordinates on a 1/1024 grid) get the same representatives; a far point widens the box, not the voxels."""
+    pts = (np.round(cloud(20_000, seed=3) * 1024) / 1024).astype(np.float32)
+    reps, owner = ops.voxel_representatives(pts, 0.5)
+    for moved in (pts + np.float32(64.0), pts - np.float32(32.5)):
+        again = ops.voxel_representatives(moved, 0.5)
+        assert np.array_equal(again[0], reps) and np.array_equal(again[1], owner)
+    wider = np.r_[pts, [[-500.0, 0.0, 900.0]]].astype(np.float32)
+    reps, owner = ops.voxel_representatives(wider, 0.5)
+    assert np.array_equal(voxel_of(wider, 0.5)[reps[owner]], voxel_of(wider, 0.5)) and owner[-1] == len(reps) - 1
