@@ -5,8 +5,8 @@ The eager reference is the whole detector written the straightforward way resear
 network in PyTorch eager mode, and geometry (FPS, KNN grouping, nearest-neighbour scoring) as brute-force torch
 (a Python loop of tensor ops for FPS, ``torch.cdist`` + ``topk`` for neighbours) instead of the runtime's exact
 compiled FPS and k-d trees, and every point scored as the papers do (``score_voxel=0``) instead of one point per
-voxel. Normalisation and ICP alignment are the same numpy code in both. The figure for the
-plain run-directory backend (torch network, numpy geometry) is printed too, so the network's share is visible.
+voxel. Normalisation and ICP alignment are the same numpy code in both. The figure for the plain run-directory
+backend (torch network, numpy geometry, the engine's own scoring) is printed too, so the network's share is visible.
 """
 
 from __future__ import annotations
