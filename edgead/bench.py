@@ -70,8 +70,7 @@ def run(engine: Path, points: int = 400_000, frames: int = 50, reference: Path |
         report["torch_numpy_geometry_stats"] = measure(plain, frame, reference_frames)
         eager = EdgeDetector.load(reference, device=device)
         eager.pipeline.ops = TorchEagerOps(device)
-        if hasattr(eager.pipeline.config, "score_voxel"):  # research code scores every point, as the papers do
-            eager.pipeline.config = replace(eager.pipeline.config, score_voxel=0.0)
+        eager.pipeline.config = replace(eager.pipeline.config, score_voxel=0.0)  # every point, as the papers do
         report["torch_eager_stats"] = measure(eager, frame, reference_frames)
         report["peak_rss_mb_process"] = peak_rss_mb()
         report["reference"] = str(reference)

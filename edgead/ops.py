@@ -138,17 +138,16 @@ def voxel_representatives(points: np.ndarray, size: float) -> tuple[np.ndarray, 
     identity = np.arange(n, dtype=np.int64)
     if size <= 0 or n < 2:
         return identity, identity
-    inv = np.float32(1.0 / size)  # float32, as the points: voxel = floor(x * (1 / size))
-    lo = np.array([points[:, i].min() for i in range(3)], dtype=np.float64) * inv  # per column: see bbox_center
-    hi = np.array([points[:, i].max() for i in range(3)], dtype=np.float64) * inv
-    if max(np.abs(lo).max(), np.abs(hi).max()) >= 2.0**62 or float(np.prod(hi - lo + 2)) >= 2.0**62:
+    inv = np.float32(1.0 / size)  # voxel = floor(x * (1 / size)), in the points' own precision
+    # the first and last voxel per axis: floor(x * inv) is monotonic in x, so they come from the column's min/max
+    lo = [float(np.floor(points[:, i].min() * inv)) for i in range(3)]
+    hi = [float(np.floor(points[:, i].max() * inv)) for i in range(3)]
+    if max(map(abs, lo + hi)) >= 2.0**62 or float(np.prod([hi[i] - lo[i] + 1 for i in range(3)])) >= 2.0**62:
         return identity, identity  # a stray point metres away at a sub-millimetre voxel size
     code = np.zeros(n, dtype=np.int64)  # the voxel's exact row-major index in the frame's box of voxels
     for i in range(3):
-        q = np.floor(points[:, i] * inv).astype(np.int64)
-        q0 = int(q.min())
-        code *= int(q.max()) - q0 + 1
-        code += q - q0
+        code *= int(hi[i] - lo[i]) + 1
+        code += np.floor(points[:, i] * inv).astype(np.int64) - int(lo[i])
     bits = max(10, min(24, (n - 1).bit_length() + 2))  # load factor <= 1/4 up to 4M points; table <= 64 MB
     slot = ((code.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits)).astype(np.intp)
     table = np.empty(1 << bits, dtype=np.int32)  # only written slots are read
@@ -164,6 +163,8 @@ def voxel_representatives(points: np.ndarray, size: float) -> tuple[np.ndarray, 
 def score_by_voxel(points: np.ndarray, size: float, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``score`` evaluated on one representative point per voxel of edge ``size`` and spread over the voxel:
     (N, 3) -> (N,). Every point gets the exact score of a point at most ``size * sqrt(3)`` away."""
+    if size <= 0:
+        return score(points)  # no copy and gather of the whole frame when every point is scored anyway
     reps, owner = voxel_representatives(points, size)
     return score(points[reps])[owner]
 
