@@ -136,7 +136,7 @@ def main() -> None:
         same_idx = cp.asnumpy(i).astype(np.int64)
         mismatch = same_idx != i_ref
         # where indices differ the distances must tie exactly (equidistant points), else it is a bug
-        ok = bool(np.array_equal(cp.asnumpy(d)[mismatch], d_ref[mismatch])) and mismatch.mean() < 1e-4
+        ok = bool(np.array_equal(cp.asnumpy(d)[mismatch], d_ref[mismatch]) and mismatch.mean() < 1e-4)
         report[f"knn {kind} m={m} n={n} k={k} index mismatches"] = int(mismatch.sum())
         report[f"knn {kind} m={m} n={n} k={k} max rel dist diff"] = float(
             np.max(np.abs(cp.asnumpy(d) - d_ref) / np.maximum(d_ref, 1e-30)))
