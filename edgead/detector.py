@@ -25,6 +25,11 @@ OBJECT_K = 16  # object score: max over points of the mean point score of their 
 OBJECT_POINTS = 16384  # ... computed on a stride subsample of at most this many points
 
 
+class NotInspected(ValueError):
+    """A frame the detector cannot judge (too few points, too little of the part seen, a registration that does not
+    fit): never a pass. The message says why, e.g. ``32 points, the model needs at least 2000``."""
+
+
 @dataclass
 class DetectionResult:
     score: float  # object-level anomaly score (see object_score)
@@ -48,16 +53,17 @@ def validate_points(points, min_points: int, max_points: int = MAX_POINTS) -> tu
         raise ValueError(f"points must have shape (N, 3), got {points.shape}")
     if len(points) > max_points:
         raise ValueError(f"frame has {len(points)} points, more than the limit of {max_points}")
-    if np.isfinite(points.sum(dtype=np.float64)):  # fast path: a sum is finite only if every value is
-        keep = np.ones(len(points), dtype=bool)
+    with np.errstate(over="ignore"):  # a float64 row beyond float32's range becomes inf: dropped like NaN rows
+        pts = np.ascontiguousarray(points, dtype=np.float32)
+    if np.isfinite(pts.sum(dtype=np.float64)):  # fast path: a sum is finite only if every value is
+        keep = np.ones(len(pts), dtype=bool)
     else:
-        keep = np.isfinite(points).all(axis=1)
+        keep = np.isfinite(pts).all(axis=1)
     n_valid = int(keep.sum())
     if n_valid < min_points:
         what = "no points" if len(points) == 0 else f"{n_valid} finite points of {len(points)}"
-        raise ValueError(f"frame has {what}; this detector needs at least {min_points}")
-    finite = points if n_valid == len(points) else points[keep]
-    return np.ascontiguousarray(finite, dtype=np.float32), keep
+        raise NotInspected(f"{what}, the model needs at least {min_points}")
+    return (pts if n_valid == len(pts) else pts[keep]), keep
 
 
 def object_score(points: np.ndarray, scores: np.ndarray, k: int = OBJECT_K) -> float:

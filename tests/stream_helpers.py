@@ -63,19 +63,23 @@ def recv_result(sock: zmq.Socket, timeout_ms: int = TIMEOUT_MS) -> dict:
 
 
 @contextlib.contextmanager
-def running_service(det=None, ctx=None, sensor_setup=None, client_setup=None, **cfg):
+def running_service(det=None, ctx=None, sensor_setup=None, client_setup=None, sub_endpoint=None, **cfg):
     """A Service in a thread, wired to a sensor XPUB and a result SUB on 127.0.0.1 ephemeral ports.
 
     Yields (service, sensor socket, client socket) once the service's subscription reached the sensor; call
-    :func:`wait_status` before counting on results (PUB/SUB slow joining). Stops the service on exit.
+    :func:`wait_status` before counting on results (PUB/SUB slow joining). Stops the service on exit. With
+    ``sub_endpoint`` the service connects there instead, to sensors the test starts itself (the sensor is None).
     """
     ctx = ctx or zmq.Context.instance()
-    sensor = ctx.socket(zmq.XPUB)
-    sensor.linger = 0
-    if sensor_setup:
-        sensor_setup(sensor)
-    sensor.bind("tcp://127.0.0.1:*")
-    config = ServiceConfig(engine="-", sub=sensor.last_endpoint.decode(), pub="tcp://127.0.0.1:*",
+    sensor = None
+    if sub_endpoint is None:
+        sensor = ctx.socket(zmq.XPUB)
+        sensor.linger = 0
+        if sensor_setup:
+            sensor_setup(sensor)
+        sensor.bind("tcp://127.0.0.1:*")
+        sub_endpoint = sensor.last_endpoint.decode()
+    config = ServiceConfig(engine="-", sub=sub_endpoint, pub="tcp://127.0.0.1:*",
                            status_interval=0.2, linger_ms=500, **cfg)
     service = Service(det or detector(), config, ctx=ctx)
     stop = threading.Event()
@@ -89,14 +93,15 @@ def running_service(det=None, ctx=None, sensor_setup=None, client_setup=None, **
             client_setup(client)
         client.subscribe(b"")
         client.connect(service.pub_endpoint)
-        if sensor.poll(5000):
+        if sensor is not None and sensor.poll(5000):
             sensor.recv()  # the service's subscription reached the sensor
         yield service, sensor, client
     finally:
         stop.set()
         thread.join(10)
         assert not thread.is_alive(), "service did not stop"
-        sensor.close()
+        if sensor is not None:
+            sensor.close()
         client.close()
 
 

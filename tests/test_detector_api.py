@@ -72,7 +72,7 @@ def test_nan_rows_are_dropped_and_reported(det, frame):
     (np.zeros((100, 2), np.float32), r"shape \(N, 3\), got \(100, 2\)"),
     (np.zeros((3, 100, 3), np.float32), r"shape \(N, 3\)"),
     (np.zeros((0, 3), np.float32), "no points"),
-    (np.ones((10, 3), np.float32), "10 finite points of 10; this detector needs at least"),
+    (np.ones((10, 3), np.float32), "10 finite points of 10, the model needs at least"),
     (np.full((500, 3), np.nan, np.float32), "0 finite points of 500"),
 ])
 def test_bad_input_is_a_clear_value_error(det, points, match):

@@ -75,7 +75,7 @@ def test_label_count_mismatch_is_a_clear_error(detector):
     with pytest.raises(ValueError, match="point labels for"):
         evaluate.run_category(detector, "x", [s])
     tiny = Sample("tiny", s.points[:5], s.labels[:5], 0)
-    with pytest.raises(ValueError, match="x/tiny: frame has 5 finite points"):
+    with pytest.raises(ValueError, match="x/tiny: 5 finite points of 5, the model needs at least"):
         evaluate.run_category(detector, "x", [tiny])
 
 

@@ -5,7 +5,7 @@ from stream_helpers import part
 
 from edgead.stream import protocol
 from edgead.stream.protocol import FrameError, decode_frame, encode_frame
-from edgead.stream.regions import anomalous_regions
+from edgead.stream.regions import anomalous_regions, point_spacing
 
 
 def test_frame_round_trip_is_zero_copy():
@@ -34,7 +34,7 @@ def _header(**over):
     ([b"edgead/frame/cam", b"x"], "3 parts", None),
     ([b"edgead/frame/cam", b"\xc1", b""], "not valid msgpack", None),
     ([b"edgead/frame/cam", msgpack.packb([1, 2]), b""], "must be a msgpack map", None),
-    ([b"edgead/frame/cam", msgpack.packb(_header(schema=2)), bytes(24)], "unsupported schema", 3),
+    ([b"edgead/frame/cam", msgpack.packb(_header(schema=2)), bytes(24)], "unsupported frame schema", 3),
     ([b"edgead/frame/cam", msgpack.packb(_header(dtype="int16")), bytes(24)], "dtype must be", 3),
     ([b"edgead/frame/cam", msgpack.packb(_header(shape=[2, 4])), bytes(32)], "shape must be", 3),
     ([b"edgead/frame/cam", msgpack.packb(_header()), bytes(20)], "point buffer is 20 bytes", 3),
@@ -76,3 +76,25 @@ def test_regions_cluster_hot_points_in_sensor_units():
     assert big["max_score"] == 3.0 and big["extent"][0] == 14.0 and big["extent"][2] == 0.0
     assert anomalous_regions(pts, scores, threshold=None) == []
     assert anomalous_regions(pts, scores, threshold=5.0) == []
+
+
+def test_regions_of_duplicated_points_and_of_points_closer_than_the_radius():
+    rng = np.random.default_rng(0)
+    part = rng.uniform(0, 100, (16_000, 3)).astype(np.float32)
+    stuck = np.tile(np.float32([[200.0, 200.0, 200.0]]), (8000, 1))  # a stuck pixel repeated 8000 times
+    pts = np.r_[part, stuck]
+    scores = np.r_[np.zeros(len(part)), np.ones(len(stuck))].astype(np.float32)
+    regions = anomalous_regions(pts, scores, threshold=0.5)
+    assert len(regions) == 1 and regions[0]["n_points"] == 8000 and regions[0]["extent"] == [0.0, 0.0, 0.0]
+    # a chain of points 0.9 mm apart is one region at radius 1 mm, and two where one gap is 3 mm
+    chain = np.c_[np.arange(20) * 0.9, np.zeros(20), np.zeros(20)].astype(np.float32)
+    assert len(anomalous_regions(chain, np.ones(20, np.float32), 0.5, radius=1.0)) == 1
+    chain[10:, 0] += 3.0
+    assert [r["n_points"] for r in anomalous_regions(chain, np.ones(20, np.float32), 0.5, radius=1.0)] == [10, 10]
+
+
+def test_point_spacing_matches_a_full_neighbour_search_on_a_surface():
+    grid = np.stack(np.meshgrid(np.arange(300.0), np.arange(300.0)), -1).reshape(-1, 2) * 0.5  # 0.5 mm grid
+    pts = np.c_[grid, np.zeros(len(grid))].astype(np.float32)
+    assert abs(point_spacing(pts) - 0.5) < 0.1
+    assert point_spacing(np.zeros((100, 3), np.float32)) == 0.0

@@ -4,6 +4,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 
@@ -17,6 +18,7 @@ from stream_helpers import detector, part, recv, recv_result, running_service, t
 from edgead.calibrate import calibrate_scene, crop
 from edgead.stream import protocol
 from edgead.stream.protocol import encode_frame
+from edgead.stream.service import Service, ServiceConfig, ServiceFailure
 
 
 def test_results_carry_score_regions_and_identity_and_are_deterministic():
@@ -142,14 +144,91 @@ def test_flow_control_drops_and_counts_under_a_burst(policy):
     assert status["policy"] == policy and status["latency_ms"]["p50"] > 0 and status["uptime_s"] > 0
 
 
-def test_status_counts_frames_lost_before_the_service():
+def test_status_counts_sequence_gaps_and_restarts_apart_from_drops():
     with running_service(policy="every", queue=8) as (service, sensor, client):
         wait_status(client)
         for seq in (0, 1, 5):
             sensor.send_multipart(encode_frame(part(seq), seq, "cam"))
         [recv_result(client) for _ in range(3)]
         status = wait_status(client)
-    assert status["lost"] == 3 and status["fps"] > 0 and status["latency_ms"]["p99"] >= status["latency_ms"]["p50"]
+    assert status["seq_gaps"] == 3 and status["seq_restarts"] == 0 and status["dropped"] == 0
+    assert status["fps"] > 0 and status["latency_ms"]["p99"] >= status["latency_ms"]["p50"]
+    assert status["healthy"] is True and "lost" not in status
+
+
+def test_hostile_sequence_numbers_are_restarts_and_the_service_keeps_publishing():
+    """seq 0, 2^64-1, 0, 2, 4 from one sensor once overflowed the status counters and killed the publisher."""
+    with running_service(policy="every", queue=8) as (service, sensor, client):
+        wait_status(client)
+        for seq in (0, 2**64 - 1, 0, 2, 4):
+            sensor.send_multipart(encode_frame(part(seq % 7), seq, "cam"))
+        results = [recv_result(client) for _ in range(5)]
+        status = wait_status(client)
+        sensor.send_multipart(encode_frame(part(1), 6, "cam"))
+        after = recv_result(client)
+        later = wait_status(client)
+    assert [r["seq"] for r in results] == [0, 2**64 - 1, 0, 2, 4] and all(r["status"] == "ok" for r in results)
+    assert status["seq_restarts"] == 2 and status["seq_gaps"] == 2
+    assert after["status"] == "ok" and later["frames_out"] == 6 and later["healthy"] is True
+
+
+def test_a_thread_that_dies_stops_the_service_and_names_itself(monkeypatch):
+    """The publisher's status packing raising (the original OverflowError) must end the service with the reason,
+    not leave it running without a publisher."""
+    calls = []
+
+    def failing_status(**fields):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OverflowError("int too big to convert")
+        return real_status(**fields)
+
+    real_status = protocol.status
+    monkeypatch.setattr(protocol, "status", failing_status)
+    service = Service(detector(), ServiceConfig(engine="-", sub="tcp://127.0.0.1:1", pub="tcp://127.0.0.1:*",
+                                                status_interval=0.05, linger_ms=0))
+    stop = threading.Event()
+    with pytest.raises(ServiceFailure, match="publisher thread died: OverflowError"):
+        service.run(stop)
+    assert stop.is_set() and not service.healthy()
+
+
+def test_a_wrong_key_sensor_does_not_cause_a_reconnect_storm(tmp_path):
+    zmq.auth.create_certificates(tmp_path, "server")
+    with running_service(curve_secret=str(tmp_path / "server.key_secret")) as (service, sensor, client):
+        time.sleep(3.0)  # the plain sensor fails every CURVE handshake
+        reconnects = service.stats.reconnects
+    assert 1 <= reconnects <= 8  # backing off 0.1, 0.2, 0.4 ... 5 s; no backoff would be ~30 in 3 s
+
+
+def test_float32_overflow_rows_are_dropped_like_nan_rows_and_odd_headers_are_refused():
+    good = part(2).astype(np.float64)
+    good[7] = [1e300, 0.0, 0.0]  # finite in float64, inf in float32
+    good[9] = [np.nan, 1.0, 2.0]
+    header = msgpack.unpackb(encode_frame(part(0), 1, "cam")[1])
+    nested = 1
+    for _ in range(1000):
+        nested = [nested]
+    odd = [{**header, "seq": 2, "schema": True}, {**header, "seq": 3, "schema": 1.0}, {**header, "seq": 4,
+                                                                                        "schema": nested}]
+    with running_service(policy="every", queue=8) as (service, sensor, client):
+        wait_status(client)
+        sensor.send_multipart(encode_frame(good, 1, "cam"))
+        ok = recv_result(client)
+        for h in odd:
+            packed = msgpack.packb(h)
+            sensor.send_multipart([b"edgead/frame/cam", packed[:4096], bytes(encode_frame(part(0), 1, "cam")[2])])
+        errors = [recv_result(client) for _ in odd]
+    assert ok["status"] == "ok" and ok["n_invalid"] == 2 and ok["n_points"] == len(good)
+    assert all(e["status"] == "error" and "schema" in e["error"] and "internal" not in e["error"] for e in errors)
+
+
+def test_good_parts_carry_no_regions():
+    with running_service(policy="every", queue=4) as (service, sensor, client):
+        wait_status(client)
+        sensor.send_multipart(encode_frame(part(5), 1, "cam"))
+        res = recv_result(client)
+    assert res["status"] == "ok" and res["anomalous"] is False and res["regions"] == []
 
 
 def test_curve_admits_only_authorized_clients(tmp_path):

@@ -1,19 +1,24 @@
-"""The edgead wire protocol (schema 1), documented for other-language clients in ``docs/protocol.md``.
+"""The edgead wire protocol, documented for other-language clients in ``docs/protocol.md``: the one place that
+defines frames, results and status messages.
 
-Frames (sensor -> service) are 3-part ZeroMQ messages ``[topic, header, points]``: topic ``edgead/frame/<sensor>``,
-a msgpack header map, and the raw little-endian point buffer, read zero-copy with ``np.frombuffer``. Results and
-status (service -> clients) are 2-part messages ``[topic, msgpack map]`` made of plain msgpack types only (maps,
-strings, numbers, booleans, nil, arrays, bin): no ext types, no pickle, so any msgpack library decodes them.
+Frames (sensor -> service, schema 1) are 3-part ZeroMQ messages ``[topic, header, points]``: topic
+``edgead/frame/<sensor>``, a msgpack header map, and the raw little-endian point buffer, read zero-copy with
+``np.frombuffer``. Results and status (service -> clients, schema 2) are 2-part messages ``[topic, msgpack map]``
+made of plain msgpack types only (maps, strings, numbers, booleans, nil, arrays, bin): no ext types, no pickle, so
+any msgpack library decodes them.
 """
 
 from __future__ import annotations
 
+import reprlib
 import time
+from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 
-SCHEMA = 1
+FRAME_SCHEMA = 1  # frames: unchanged since the first release
+SCHEMA = 2  # results and status: 2 split `lost` into seq_gaps / seq_restarts and added not_inspected
 FRAME_PREFIX = "edgead/frame/"
 RESULT_PREFIX = "edgead/result/"
 STATUS_TOPIC = "edgead/status"
@@ -49,14 +54,23 @@ def encode_frame(points: np.ndarray, seq: int, sensor: str, *, t_capture: float 
     dtype = {np.dtype("<f4"): "float32", np.dtype("<f8"): "float64"}.get(pts.dtype)
     if dtype is None:
         raise ValueError(f"points must be float32 or float64, got {pts.dtype}")
-    header = {"schema": SCHEMA, "seq": int(seq), "t_capture": time.time() if t_capture is None else float(t_capture),
-              "sensor": sensor, "dtype": dtype, "shape": list(pts.shape), "units": units,
-              "frame_id": frame_id or f"{sensor}-{seq}"}
+    header = {"schema": FRAME_SCHEMA, "seq": int(seq),
+              "t_capture": time.time() if t_capture is None else float(t_capture), "sensor": sensor, "dtype": dtype,
+              "shape": list(pts.shape), "units": units, "frame_id": frame_id or f"{sensor}-{seq}"}
     return [(FRAME_PREFIX + sensor).encode(), pack(header), pts]
 
 
 def _valid_id(value) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LEN and value.isprintable()
+
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother = 3, 60, 60
+
+
+def shown(value) -> str:
+    """A bounded repr of untrusted data for error messages (a header nested 1000 deep must not recurse)."""
+    return _short.repr(value)
 
 
 def decode_frame(parts: list, max_points: int) -> tuple[dict, np.ndarray]:
@@ -84,8 +98,10 @@ def decode_frame(parts: list, max_points: int) -> tuple[dict, np.ndarray]:
     if type(seq) is int and seq >= 0:
         known["seq"] = seq
     known.update({k: header[k] for k in ("sensor", "frame_id") if _valid_id(header.get(k))})
-    if header.get("schema") != SCHEMA:
-        raise FrameError(f"unsupported schema {header.get('schema')!r}; this service speaks schema {SCHEMA}", known)
+    schema = header.get("schema")
+    if type(schema) is not int or schema != FRAME_SCHEMA:  # not True, not 1.0
+        raise FrameError(f"unsupported frame schema {shown(schema)}; this service reads frames of schema "
+                         f"{FRAME_SCHEMA}", known)
     missing = [k for k in HEADER_KEYS if k not in header]
     if missing:
         raise FrameError(f"header lacks {', '.join(missing)}", known)
@@ -100,14 +116,14 @@ def decode_frame(parts: list, max_points: int) -> tuple[dict, np.ndarray]:
     if not isinstance(header["t_capture"], (int, float)) or isinstance(header["t_capture"], bool):
         raise FrameError("header field 't_capture' must be a number (seconds since the epoch)", known)
     if header["units"] != "mm":
-        raise FrameError(f"units must be 'mm', got {header['units']!r}", known)
+        raise FrameError(f"units must be 'mm', got {shown(header['units'])}", known)
     dtype = DTYPES.get(header["dtype"]) if isinstance(header["dtype"], str) else None
     if dtype is None:
-        raise FrameError(f"dtype must be one of {', '.join(DTYPES)}, got {header['dtype']!r}", known)
+        raise FrameError(f"dtype must be one of {', '.join(DTYPES)}, got {shown(header['dtype'])}", known)
     shape = header["shape"]
     if not (isinstance(shape, list) and len(shape) == 2 and all(type(s) is int for s in shape) and shape[1] == 3
             and shape[0] >= 0):
-        raise FrameError(f"shape must be [N, 3], got {shape!r}", known)
+        raise FrameError(f"shape must be [N, 3], got {shown(shape)}", known)
     if shape[0] > max_points:
         raise FrameError(f"frame has {shape[0]} points, more than the limit of {max_points}", known)
     nbytes = memoryview(buf).nbytes
@@ -116,6 +132,50 @@ def decode_frame(parts: list, max_points: int) -> tuple[dict, np.ndarray]:
                          f"{shape[0] * 3 * dtype.itemsize}", known)
     points = np.frombuffer(buf, dtype=dtype).reshape(shape)
     return header, points
+
+
+@dataclass(frozen=True)
+class Model:
+    """The engine a service runs, as results and status name it."""
+
+    name: str
+    hash: str
+    backend: str
+
+
+def result(header: dict, *, result_seq: int, t_received: float, model: Model, threshold: float | None,
+           dropped_frames: int, latency_ms: dict[str, float], error: str = "", not_inspected: bool = False,
+           score: float | None = None, anomalous: bool | None = None, n_points: int = 0, n_invalid: int = 0,
+           regions: list | None = None, point_scores: np.ndarray | None = None) -> dict:
+    """The result map of one frame (``docs/protocol.md``). ``header`` is what could be read of the frame's header.
+
+    An error result (``error`` set) carries no score, no decision and no regions: nothing in it reads as a pass."""
+    t_capture = header.get("t_capture")
+    out = {
+        "schema": SCHEMA, "type": "result", "status": "error" if error else "ok", "error": error,
+        "not_inspected": bool(error) and not_inspected,
+        "seq": header.get("seq"), "result_seq": result_seq, "sensor": header.get("sensor"),
+        "frame_id": header.get("frame_id"),
+        "t_capture": float(t_capture) if isinstance(t_capture, (int, float)) and not isinstance(t_capture, bool)
+        else None,
+        "t_received": t_received, "t_published": None,
+        "score": None if error else score, "threshold": threshold, "anomalous": None if error else anomalous,
+        "n_points": n_points, "n_invalid": n_invalid, "regions": [] if error else list(regions or []),
+        "units": "mm", "model_name": model.name, "model_hash": model.hash, "backend": model.backend,
+        "dropped_frames": dropped_frames, "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()},
+    }
+    if point_scores is not None and not error:
+        out["point_scores"] = np.asarray(point_scores, dtype="<f4").tobytes()
+    return out
+
+
+def status(*, t: float, uptime_s: float, counters: dict[str, int], fps: float, latency_ms: dict[str, float | None],
+           policy: str, queue: int, model: Model, healthy: bool) -> dict:
+    """The status map (``docs/protocol.md``): ``counters`` holds frames_in, frames_out, dropped, seq_gaps,
+    seq_restarts, errors, not_inspected and reconnects."""
+    return {"schema": SCHEMA, "type": "status", "t": t, "uptime_s": uptime_s, **counters, "fps": fps,
+            "latency_ms": latency_ms, "policy": policy, "queue": queue, "model_name": model.name,
+            "model_hash": model.hash, "backend": model.backend, "healthy": healthy}
 
 
 def encode_message(topic: str, payload: dict) -> list[bytes]:

@@ -1,7 +1,10 @@
 """Anomalous regions: where on the part the defect is, as a PLC or robot can use it.
 
-A region is a connected cluster of points scoring above the threshold, connected when closer than ``radius``
-(a KD-tree radius graph, then connected components). Reported in sensor units (mm) with plain types.
+A region is a connected cluster of points scoring above the threshold. Connectivity is taken on a voxel grid of
+edge ``radius``: two hot points are linked when their voxels touch (26-neighbourhood), so every pair closer than
+``radius`` is linked (and some pairs up to ``2 sqrt(3) radius`` apart). That is linear in the number of points
+with memory bounded by it, whatever the frame holds (duplicated points, a million hot points), where a radius
+graph is quadratic in the worst case. Reported in sensor units (mm) with plain types.
 """
 
 from __future__ import annotations
@@ -11,19 +14,53 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from edgead.ops import knn, stride_subsample
+from edgead.ops import stride_subsample
+
+SPACING_SAMPLE = 16384  # points the spacing estimate looks at
+MAX_HOT = 200_000  # hot points clustered; more are stride-thinned (the frame is anomalous everywhere anyway)
+# the 13 neighbour offsets "after" a voxel in row-major order: with their mirror images, all 26 neighbours
+_FORWARD = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
+                     if (i, j, k) > (0, 0, 0)], dtype=np.int64)
 
 
-def point_spacing(points: np.ndarray, sample: int = 1024) -> float:
-    """Median distance to the nearest neighbour, from an even subsample of query points. (N, 3) -> float."""
-    if len(points) < 2:
+def point_spacing(points: np.ndarray, sample: int = SPACING_SAMPLE) -> float:
+    """Median nearest-neighbour distance of a surface scan. (N, 3) -> float.
+
+    Measured on a stride subsample of at most ``sample`` points and scaled by ``sqrt(sample / N)``: on a surface
+    the spacing grows with the square root of the thinning, so the estimate costs the same for any frame size.
+    Duplicated points do not count (a stuck sensor's copies would otherwise give 0)."""
+    n = len(points)
+    if n < 2:
         return 0.0
-    query = points[stride_subsample(len(points), sample)]
-    return float(np.median(knn(query, points, 2)[0][:, 1]))
+    sub = np.asarray(points[stride_subsample(n, sample)], dtype=np.float64)
+    dist, _ = cKDTree(sub).query(sub, k=2)
+    d = dist[:, 1][dist[:, 1] > 0]
+    return float(np.median(d) * np.sqrt(len(sub) / n)) if len(d) else 0.0
+
+
+def voxel_components(points: np.ndarray, size: float) -> np.ndarray:
+    """Connected components of the occupied voxels of edge ``size`` (26-neighbourhood). (H, 3) -> (H,) int64 label
+    per point, labels 0..C-1. Linear in H apart from one sort of the voxel codes."""
+    keys = np.floor(points / size).astype(np.int64)
+    keys -= keys.min(0) - 1  # >= 1 on every axis, so every neighbour offset stays >= 0
+    dims = keys.max(0) + 2
+    code = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
+    voxels, owner = np.unique(code, return_inverse=True)
+    rows, cols = [], []
+    for off in _FORWARD:
+        pos = np.searchsorted(voxels, voxels + (off[0] * dims[1] + off[1]) * dims[2] + off[2])
+        pos = np.minimum(pos, len(voxels) - 1)
+        hit = voxels[pos] == voxels + (off[0] * dims[1] + off[1]) * dims[2] + off[2]
+        rows.append(np.flatnonzero(hit))
+        cols.append(pos[hit])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(voxels), len(voxels)))
+    _, labels = connected_components(graph, directed=False)
+    return labels[owner.ravel()].astype(np.int64)
 
 
 def anomalous_regions(points: np.ndarray, scores: np.ndarray, threshold: float | None, *, radius: float | None = None,
-                      min_points: int = 1, max_regions: int = 32) -> list[dict]:
+                      max_regions: int = 32) -> list[dict]:
     """(N, 3) points, (N,) scores (NaN = not scored) -> regions, largest first.
 
     ``radius`` defaults to 3 x the cloud's median point spacing, so a cluster is one blob on the surface whatever
@@ -34,18 +71,17 @@ def anomalous_regions(points: np.ndarray, scores: np.ndarray, threshold: float |
     hot = np.flatnonzero(np.nan_to_num(scores, nan=-np.inf) > threshold)
     if len(hot) == 0:
         return []
+    hot = hot[stride_subsample(len(hot), MAX_HOT)]
     pts = points[hot].astype(np.float64)
     r = 3.0 * point_spacing(points) if radius is None else radius
-    pairs = cKDTree(pts).query_pairs(max(r, 1e-9), output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pts), len(pts)))
-    n, labels = connected_components(graph, directed=False)
-    counts = np.bincount(labels, minlength=n)
+    extent = float(np.ptp(pts, axis=0).max())
+    labels = voxel_components(pts, max(r, extent / 2**20) or 1.0)  # at most 2^20 voxels per axis: int64 codes
+    counts = np.bincount(labels)
     regions = []
     for c in np.argsort(-counts, kind="stable")[:max_regions]:
-        if counts[c] < min_points:
-            break
         member = labels == c
-        p, lo, hi = pts[member], pts[member].min(0), pts[member].max(0)
+        p = pts[member]
+        lo, hi = p.min(0), p.max(0)
         regions.append({"centroid": p.mean(0).tolist(), "bbox_min": lo.tolist(), "bbox_max": hi.tolist(),
                         "extent": (hi - lo).tolist(), "n_points": int(counts[c]),
                         "max_score": float(scores[hot[member]].max())})
