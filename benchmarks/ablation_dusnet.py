@@ -28,13 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgead.data import find_categories, load_test, load_train
-from edgead.detector import EdgeDetector
-from edgead.detectors import load_pipeline
-from edgead.evaluate import category_report, report, run_category
+from edgead.detectors import build_pipeline
+from edgead.formats.dataset import find_categories, load_test, load_train
+from edgead.formats.rundir import is_run_dir, read_run
 from edgead.models import load_graph
 from edgead.models.dusnet import noise_gen
-from edgead.train import TrainOptions
+from edgead.runtime import EdgeDetector
+from edgead.tools.evaluate import category_report, report, run_category
+from edgead.tools.synth import generate
+from edgead.train import TrainOptions, train
 from edgead.train import dusnet as dus_train
 
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
@@ -42,9 +44,10 @@ START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 def detector(run: Path, mode: str) -> EdgeDetector:
     """A run directory with the network run as ``mode``: "clean" (shipped), "noisy" (paper) or "centres"."""
-    pipe, doc = load_pipeline(run / "model.json", run / "pipeline.npz")
-    model = load_graph(run, doc)
-    cfg = pipe.config
+    loaded = read_run(run)
+    pipe = build_pipeline(loaded.kind, loaded.pipeline, loaded.arrays)
+    model = load_graph(loaded)
+    cfg = dus_train.TrainConfig(**loaded.doc["train"]["config"])
     gen = torch.Generator().manual_seed(0)
 
     @torch.inference_mode()
@@ -86,8 +89,6 @@ def main() -> None:
         args.steps = args.steps or 60
         args.max_test = args.max_test or 12
 
-    from edgead.synth import generate
-
     for track in args.tracks:
         if not (args.data / track).exists():
             generate(args.data / track, seed=0, track=track, categories=args.categories,
@@ -96,9 +97,10 @@ def main() -> None:
     cats = [c for c in cats if not args.categories or c in args.categories]
     base = dus_train.preset("cpu")
     if args.quick:  # half the groups: the directions of the ablations, at half the cost
-        base = replace(base, groups=base.groups // 2, thin=8192)
-    trained = {"ours": base, "w/o Noise-Gen": replace(base, alpha=0.0, beta=0.0),
-               "Down-Net->FPS": replace(base, down_net=False), "gamma 1": replace(base, gamma=1)}
+        base = replace(base, pipeline=replace(base.pipeline, groups=base.pipeline.groups // 2, thin=8192))
+    trained = {"ours": base, "w/o Noise-Gen": replace(base, train=replace(base.train, alpha=0.0, beta=0.0)),
+               "Down-Net->FPS": replace(base, arch=replace(base.arch, down_net=False)),
+               "gamma 1": replace(base, arch=replace(base.arch, gamma=1))}
     evals = [("template", "template", ""), ("ours", "ours", "clean"), ("noisy-infer", "ours", "noisy"),
              ("w/o Up-Net", "ours", "centres"), ("w/o Noise-Gen", "w/o Noise-Gen", "clean"),
              ("Down-Net->FPS", "Down-Net->FPS", "clean"),
@@ -121,7 +123,7 @@ def main() -> None:
 
     results = {name: {t: report(_Named(name), rs, args.data / t)["mean"] for t, rs in tr.items()}
                for name, tr in runs.items()}
-    steps = f"{args.steps} + {args.steps}" if args.steps else f"{base.steps_down} + {base.steps_up}"
+    steps = f"{args.steps} + {args.steps}" if args.steps else f"{base.train.steps_down} + {base.train.steps_up}"
     table = format_table(results, args.tracks, cats, steps, args.max_test, base)
     print(table)
     if args.json:
@@ -132,30 +134,28 @@ def main() -> None:
         args.docs.write_text(text[:a] + "\n" + table + "\n" + text[b:])
 
 
-def fit(name: str, cfg, clouds, work: Path, steps: int | None) -> Path:
-    """Train one variant (``cfg`` None: the template baseline) unless its run directory is complete."""
+def fit(name: str, setting, clouds, work: Path, steps: int | None) -> Path:
+    """Train one variant (``setting`` None: the template baseline) unless its run directory is complete."""
     out = work / name.replace("/", "").replace(" ", "_").replace(">", "")
-    if not (out / "model.json").exists():
-        out.mkdir(parents=True, exist_ok=True)
+    if not is_run_dir(out):
         opts = TrainOptions(steps=steps, progress=False)
-        if cfg is None:
-            from edgead.train import train
-
+        if setting is None:
             train("template", clouds, out, opts)
         else:
-            dus_train.train(clouds, out, opts, config=cfg)
+            dus_train.train(clouds, out, opts, setting)
     return out
 
 
 class _Named:
-    """The bits of a detector that :func:`edgead.evaluate.report` reads."""
+    """The bits of a detector that :func:`edgead.tools.evaluate.report` reads."""
 
     def __init__(self, name: str):
         self.name, self.backend, self.model_hash = name, "", ""
 
 
-def format_table(results: dict, tracks: list[str], cats: list[str], steps: str, max_test: int | None, cfg) -> str:
+def format_table(results: dict, tracks: list[str], cats: list[str], steps: str, max_test: int | None, base) -> str:
     head = "| variant | " + " | ".join(f"{t}: O-AUROC | {t}: P-AUROC" for t in tracks) + " |"
+    cfg = base.pipeline
     lines = [f"Categories: {', '.join(cats)}; G={cfg.groups}, K={cfg.group_size}, thin={cfg.thin}; "
              f"{steps} Down-Net + Up-Net steps; {max_test or 'all'} test scans per category.", "", head,
              "|---" * (1 + 2 * len(tracks)) + "|"]

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from edgead import ops
-from edgead.data import load_test, load_train
-from edgead.detector import object_score
-from edgead.detectors import load_pipeline
+from edgead.detectors import build_pipeline
 from edgead.detectors.dusnet import score_points
-from edgead.metrics import roc_auc
+from edgead.formats.dataset import load_test, load_train
+from edgead.formats.rundir import read_run
 from edgead.models import load_graph
+from edgead.runtime import object_score
+from edgead.tools.metrics import roc_auc
 
 
 def aurocs(tests, point_scores: list[np.ndarray]) -> dict[str, float]:
@@ -52,9 +53,10 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=0, help="first N good and N defective test scans (0: all)")
     args = ap.parse_args()
 
-    pipe, doc = load_pipeline(args.run / "model.json", args.run / "pipeline.npz")
-    model = load_graph(args.run, doc)
-    scale, size = pipe.normalization.scale, pipe.config.groups * pipe.config.gamma
+    run = read_run(args.run)
+    pipe = build_pipeline(run.kind, run.pipeline, run.arrays)
+    model = load_graph(run)
+    scale, size = pipe.normalization.scale, pipe.config.groups * run.arch["gamma"]
     surface = np.concatenate([pipe.thin(pipe.to_model_frame(c)) for c in load_train(args.data)])
     tests = load_test(args.test or args.data)
     if args.max_test:
@@ -75,8 +77,7 @@ def main() -> None:
         pred = model.centers(p, c)
         recon = model.up(pred)[0].numpy()
         pred = pred[0].numpy()
-        _, nearest = ops.knn(centers, x, 1)
-        defect = t.labels[nearest[:, 0]].astype(bool)
+        defect = t.labels[ops.knn(centers, x, 1).idx[:, 0]].astype(bool)
         for name, mask in (("normal", ~defect), ("defect", defect)):
             if mask.any():
                 centre[f"{name}_in"].append(ops.nearest_distance(centers[mask], surface) * scale)

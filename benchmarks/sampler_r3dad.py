@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgead import metrics
-from edgead.data import load_test
-from edgead.detector import validate_points
-from edgead.detectors import load_pipeline
+from edgead.detectors import build_pipeline
+from edgead.formats.dataset import load_test
+from edgead.formats.rundir import read_run
 from edgead.models import load_graph
 from edgead.models.r3dad import ddim_timesteps
-from edgead.runtime import RUN_JSON, RUN_NPZ
+from edgead.runtime import validate_points
+from edgead.tools import metrics
 
 
 def evaluate(pipeline, samples, sampler) -> dict:
@@ -32,7 +32,7 @@ def evaluate(pipeline, samples, sampler) -> dict:
     labels, scores, p_labels, p_scores, ms = [], [], [], [], []
     for s in samples:
         finite, keep = validate_points(s.points, pipeline.min_points)
-        feeds, ctx = pipeline.preprocess(finite)
+        feeds, ctx, _ = pipeline.preprocess(finite)
         t0 = time.perf_counter()
         with torch.inference_mode():
             recon = sampler(torch.from_numpy(feeds["points"])).numpy()
@@ -58,12 +58,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    doc = json.loads((args.run / RUN_JSON).read_text())
-    over = {"score": args.score} if args.score else {}
-    doc["pipeline"]["config"].update(over)
-    pipeline, _ = load_pipeline(args.run / RUN_JSON, args.run / RUN_NPZ)
-    pipeline.config = replace(pipeline.config, **over)
-    graph = load_graph(args.run, doc)
+    run = read_run(args.run)
+    pipeline = build_pipeline(run.kind, run.pipeline, run.arrays)
+    if args.score:
+        pipeline.config = replace(pipeline.config, score=args.score)
+    graph = load_graph(run)
     model = graph.model
     samples = load_test(args.data)[: args.limit]
     rows = {}

@@ -14,9 +14,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from edgead.data import load_test
-from edgead.detector import EdgeDetector
-from edgead.evaluate import category_report, run_category
+from edgead.formats.dataset import load_test
+from edgead.runtime import EdgeDetector
+from edgead.tools.evaluate import category_report, run_category
 
 
 def main() -> None:

@@ -4,12 +4,19 @@ Small pure functions on numpy arrays. Shapes are given in each docstring; points
 Every function is deterministic: the same input gives the same output, bit for bit, on every call. The CUDA
 kernels in ``edgead/kernels`` implement the same definitions (same FPS start, same tie-breaking) and are tested
 against these.
+
+The four ops a GPU can take over (FPS, KNN, grouping, nearest distance) form the :class:`GeometryOps` protocol:
+pipelines receive an implementation (:data:`CPU` here, ``edgead.runtime.cuda_ops.CudaOps`` on the GPU) when they
+are built and call everything else from this module directly.
+
+Imports nothing of edgead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from pykdtree.kdtree import KDTree
@@ -95,32 +102,116 @@ def farthest_point_sample_reference(points: np.ndarray, m: int, start: int = 0) 
     return idx
 
 
-def knn(query: np.ndarray, ref: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest neighbours of each query point in ``ref``.
+class Neighbours(NamedTuple):
+    dist: np.ndarray  # (M, k) float32 euclidean distances, ascending
+    idx: np.ndarray  # (M, k) int64 indices into the reference points
+
+
+class Groups(NamedTuple):
+    patches: np.ndarray  # (G, k, 3) float32 neighbours minus their centre
+    idx: np.ndarray  # (G, k) int64 neighbour indices
+
+
+def _query(tree: KDTree, query: np.ndarray, k: int) -> Neighbours:
+    dist, idx = tree.query(query, k=k)
+    return Neighbours(dist.reshape(len(query), k).astype(np.float32), idx.reshape(len(query), k).astype(np.int64))
+
+
+def knn(query: np.ndarray, ref: np.ndarray, k: int) -> Neighbours:
+    """k nearest neighbours of each query point in ``ref``, ordered by (distance, index).
 
     (M, 3), (N, 3) -> distances (M, k) float32 (euclidean, ascending), indices (M, k) int64. Requires k <= N.
+    Equidistant neighbours come in index order and a tie at the k-th place keeps the lowest indices, exactly as
+    the CUDA kernels order them (a k-d tree's own order among ties is arbitrary: on grids and duplicated points it
+    differs in most rows). The tree is asked for one neighbour more than k to see ties at the boundary, and rows
+    that have one are asked again until the tie is behind them.
     """
-    if not 1 <= k <= len(ref):
-        raise ValueError(f"knn: cannot find {k} neighbours among {len(ref)} points")
+    n = len(ref)
+    if not 1 <= k <= n:
+        raise ValueError(f"knn: cannot find {k} neighbours among {n} points")
     tree = KDTree(np.ascontiguousarray(ref, dtype=np.float32))
-    dist, idx = tree.query(np.ascontiguousarray(query, dtype=np.float32), k=k)
-    dist, idx = dist.reshape(len(query), k), idx.reshape(len(query), k)
-    return dist.astype(np.float32), idx.astype(np.int64)
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    kk = min(k + 1, n)
+    dist, idx = _query(tree, q, kk)
+    rows = np.flatnonzero(dist[:, k - 1] == dist[:, k]) if kk > k else np.zeros(0, np.int64)  # tie at the k-th
+    if len(rows):
+        more = Neighbours(dist[rows], idx[rows])
+        # enough once the last neighbour is farther than the tie: every point at the tie's distance is then in
+        while kk < n and not (more.dist[:, -1] > more.dist[:, k - 1]).all():
+            kk = min(2 * kk, n)
+            more = _query(tree, q[rows], kk)
+        d, i = _canonical(q[rows], ref, *more)
+        dist[rows], idx[rows] = d[:, :k + 1], i[:, :k + 1]
+    tied = np.flatnonzero((dist[:, 1:k] == dist[:, :k - 1]).any(1)) if k > 1 else np.zeros(0, np.int64)
+    if len(tied):
+        dist[tied], idx[tied] = _canonical(q[tied], ref, dist[tied], idx[tied])
+    return Neighbours(np.ascontiguousarray(dist[:, :k]), np.ascontiguousarray(idx[:, :k]))
 
 
-def group(points: np.ndarray, centers: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _squared(query: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """float32 squared distances summed as (dx^2 + dy^2) + dz^2, the order of the CUDA kernels.
+    (..., 3), (..., 3) -> (...)."""
+    diff = np.asarray(points, np.float32) - np.asarray(query, np.float32)
+    return diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1] + diff[..., 2] * diff[..., 2]
+
+
+def _canonical(query: np.ndarray, ref: np.ndarray, dist: np.ndarray, idx: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows reordered by (squared distance, index): two squared distances one ulp apart can share a rounded
+    euclidean distance, so the order is taken on the squares. (R, 3), (N, 3), (R, k), (R, k) -> (R, k) x2."""
+    order = np.lexsort((idx, _squared(query[:, None, :], np.asarray(ref)[idx])), axis=1)
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def knn_reference(query: np.ndarray, ref: np.ndarray, k: int) -> Neighbours:
+    """The definition of :func:`knn` by brute force (float32 squared distances in numpy's order, then a stable sort
+    by (distance, index)). (M, 3), (N, 3) -> Neighbours. For tests: O(M N) memory."""
+    d2 = _squared(np.asarray(query, np.float32)[:, None, :], np.asarray(ref, np.float32)[None, :, :])
+    order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    return Neighbours(np.sqrt(np.take_along_axis(d2, order, 1)), order.astype(np.int64))
+
+
+def group(points: np.ndarray, centers: np.ndarray, k: int) -> Groups:
     """KNN patches around each centre, relative to it.
 
     (N, 3), (G, 3) -> patches (G, k, 3) float32 (neighbour minus centre), neighbour indices (G, k) int64.
     """
-    _, idx = knn(centers, points, k)
+    idx = knn(centers, points, k).idx
     patches = points[idx] - centers[:, None, :]
-    return patches.astype(np.float32), idx
+    return Groups(patches.astype(np.float32), idx)
 
 
 def nearest_distance(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Distance from each query point to its nearest point in ``ref``. (M, 3), (N, 3) -> (M,) float32."""
-    return knn(query, ref, 1)[0][:, 0]
+    if len(ref) == 0:
+        raise ValueError("nearest_distance: no reference points")
+    tree = KDTree(np.ascontiguousarray(ref, dtype=np.float32))
+    return _query(tree, np.ascontiguousarray(query, dtype=np.float32), 1).dist[:, 0]
+
+
+class GeometryOps(Protocol):
+    """The ops a pipeline takes as a parameter, so a backend can run them elsewhere (``CudaOps`` on the GPU) with
+    the same results."""
+
+    def farthest_point_sample(self, points: np.ndarray, m: int, start: int = 0) -> np.ndarray: ...
+
+    def knn(self, query: np.ndarray, ref: np.ndarray, k: int) -> Neighbours: ...
+
+    def group(self, points: np.ndarray, centers: np.ndarray, k: int) -> Groups: ...
+
+    def nearest_distance(self, query: np.ndarray, ref: np.ndarray) -> np.ndarray: ...
+
+
+class CpuOps:
+    """:class:`GeometryOps` with this module's numpy / k-d tree implementations."""
+
+    farthest_point_sample = staticmethod(farthest_point_sample)
+    knn = staticmethod(knn)
+    group = staticmethod(group)
+    nearest_distance = staticmethod(nearest_distance)
+
+
+CPU = CpuOps()
 
 
 def voxel_representatives(points: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +260,21 @@ def score_by_voxel(points: np.ndarray, size: float, score: Callable[[np.ndarray]
     return score(points[reps])[owner]
 
 
+def axis_angle(axis, angle: float) -> np.ndarray:
+    """Rotation by ``angle`` radians about ``axis`` (any non-zero length), by Rodrigues' formula: an exact rotation.
+    (3,), float -> (3, 3) float64. The one rotation builder; cast where float32 is needed."""
+    a = np.asarray(axis, dtype=np.float64)
+    a = a / max(float(np.linalg.norm(a)), 1e-300)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+
+
+def random_rotation(rng: np.random.Generator, max_angle: float) -> np.ndarray:
+    """A rotation about a uniformly random axis by an angle uniform in [-max_angle, max_angle] radians: pose jitter
+    (small ``max_angle``) or any orientation (pi). -> (3, 3) float32."""
+    return axis_angle(rng.normal(size=3), rng.uniform(-max_angle, max_angle)).astype(np.float32)
+
+
 def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares rigid motion mapping paired points ``src`` onto ``dst``. (M, 3), (M, 3) -> R (3, 3), t (3,)."""
     cs, cd = src.mean(0), dst.mean(0)
@@ -196,9 +302,7 @@ def plane_step(src: np.ndarray, dst: np.ndarray, normals: np.ndarray) -> tuple[n
     b = ((q - p) * n).sum(1)
     # normal equations (6 x 6) without BLAS: a threaded lstsq on (M, 6) stalls for tens of ms on a busy CPU
     x = np.linalg.lstsq(np.einsum("mi,mj->ij", a, a), np.einsum("mi,m->i", a, b), rcond=None)[0]
-    angle = np.linalg.norm(x[:3])
-    k = np.array([[0, -x[2], x[1]], [x[2], 0, -x[0]], [-x[1], x[0], 0]]) / max(angle, 1e-12)
-    r = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k  # Rodrigues: an exact rotation
+    r = axis_angle(x[:3], float(np.linalg.norm(x[:3])))
     return r.astype(np.float32), (c + x[3:] - r @ c).astype(np.float32)
 
 

@@ -1,7 +1,7 @@
 """Rebuild the demo engine (``engines/demo``, a ``template`` run directory) and its threshold calibration
 (``calibration/demo_threshold.json``) from synthetic parts. Deterministic: ``python engines/make_demo.py``."""
 
-from edgead.stream.demo import ENGINE, THRESHOLD, build_demo_engine
+from edgead.tools.demo import ENGINE, THRESHOLD, build_demo_engine
 
 if __name__ == "__main__":
     doc = build_demo_engine(ENGINE, THRESHOLD)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from edgead.detector import EdgeDetector
-from edgead.stream.demo import ENGINE, THRESHOLD, demo_kinds, demo_scan
-from edgead.stream.service import threshold_arg
+from edgead import EdgeDetector
+from edgead.tools.demo import ENGINE, THRESHOLD, demo_kinds, demo_scan
 
 
 def control_loop(det: EdgeDetector, parts, gate) -> list[bool]:
@@ -22,12 +21,12 @@ def control_loop(det: EdgeDetector, parts, gate) -> list[bool]:
     for name, points in parts:
         try:
             result = det.detect(points)
-        except ValueError as exc:  # an unusable scan: reject rather than pass an unchecked part
-            print(f"{name}: bad scan ({exc}); rejecting")
+        except ValueError as exc:  # an unusable scan or one that cannot be judged (NotInspected): never a pass
+            print(f"{name}: not inspected ({exc}); rejecting")
             gate(True)
             decisions.append(True)
             continue
-        reject = bool(result.anomalous)
+        reject = not result.passed  # only a judged part under a set threshold passes
         where = ""
         if reject:
             hot = points[result.point_scores > det.threshold]
@@ -45,7 +44,7 @@ def main() -> None:
     p.add_argument("--threshold", default=str(THRESHOLD), help="number or calibration file")
     p.add_argument("--parts", type=int, default=6)
     args = p.parse_args()
-    det = EdgeDetector.load(args.engine, threshold=threshold_arg(args.threshold))
+    det = EdgeDetector.load(args.engine, threshold=args.threshold)
     parts = ((f"part{i}-{kind}", demo_scan(kind, seed=3, index=i).points)
              for i, kind in enumerate(demo_kinds(args.parts)))
     t0 = time.perf_counter()

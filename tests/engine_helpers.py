@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgead.export import export_run
+from edgead.train import TrainOptions, train
+
 KINDS = ("dusnet", "r3dad")
 PRESETS = {"dusnet": "tiny", "r3dad": "cpu"}
 _CACHE: dict[str, tuple[Path, Path]] = {}
@@ -25,9 +28,6 @@ def part(n: int = 6000, seed: int = 0, bump: bool = False) -> np.ndarray:
 def trained_and_exported(root: Path, kind: str) -> tuple[Path, Path]:
     """(run_dir, engines_dir) of ``kind`` trained for 2 steps on 3 normal parts and exported as ONNX."""
     if kind not in _CACHE:
-        from edgead.export import export_run
-        from edgead.train import TrainOptions, train
-
         run, out = root / f"run_{kind}", root / "engines"
         train(kind, [part(seed=s) for s in range(3)], run, TrainOptions(preset=PRESETS[kind], steps=2,
                                                                         progress=False))

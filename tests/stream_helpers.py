@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from edgead.detector import EdgeDetector
+from edgead.runtime import EdgeDetector
 from edgead.stream import protocol
 from edgead.stream.service import Service, ServiceConfig
 from edgead.train import train

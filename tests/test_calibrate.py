@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from stream_helpers import part, template_run
 
-from edgead import calibrate
-from edgead.calibrate import calibrate_scene, crop, f1_threshold, far_threshold, load_scene
-from edgead.detector import EdgeDetector
-from edgead.io import write_pcd
+from edgead.cli import calibrate
+from edgead.formats.pointcloud import write_pcd
+from edgead.formats.scene import crop, read_scene
+from edgead.runtime import EdgeDetector
+from edgead.tools.calibrate import calibrate_scene, f1_threshold, far_threshold
 
 
 def tilted_scene(seed=0):
@@ -45,13 +46,13 @@ def test_scene_file_round_trip(tmp_path):
     parser = argparse.ArgumentParser()
     calibrate.add_arguments(parser)
     assert calibrate.main(parser.parse_args(["scene", str(scan), "--out", str(out), "--max-height", "50"])) == 0
-    scene = load_scene(out)
+    scene = read_scene(out)
     assert scene.hi[2] == 50 and scene.lo[2] == 3.0
     np.testing.assert_array_equal(crop(block, scene), crop(block, calibrate_scene(np.r_[belt, block], 1.0,
                                                                                   max_height=50)))
     (tmp_path / "bad.json").write_text(json.dumps({"origin": [0, 0]}))
     with pytest.raises(ValueError, match="not a scene calibration"):
-        load_scene(tmp_path / "bad.json")
+        read_scene(tmp_path / "bad.json")
 
 
 def test_far_threshold_allows_the_target_false_alarms():
@@ -92,3 +93,26 @@ def test_threshold_calibration_with_the_detector_and_serve_loading_it(tmp_path):
     assert det.detect(part(30)).anomalous is False and det.detect(part(31, defect=True)).anomalous is True
     with pytest.raises(ValueError, match="no scans"):
         calibrate.main(parser.parse_args([*common[:-1], str(tmp_path), "--out", str(far_out)]))
+
+
+def test_a_threshold_is_refused_for_any_other_model(tmp_path):
+    from edgead.train import train
+
+    normal_dir = tmp_path / "normal"
+    normal_dir.mkdir()
+    for i in range(3):
+        np.save(normal_dir / f"{i}.npy", part(10 + i))
+    parser = argparse.ArgumentParser()
+    calibrate.add_arguments(parser)
+    out = tmp_path / "t.json"
+    assert calibrate.main(parser.parse_args(["threshold", "--engine", str(template_run()), "--normal",
+                                             str(normal_dir), "--out", str(out)])) == 0
+    other = tmp_path / "other"
+    train("template", [part(seed=101, n=3000)], other)  # another good part: another model
+    with pytest.raises(ValueError, match="not for this model"):
+        EdgeDetector.load(other, threshold=out)
+    doc = json.loads(out.read_text())
+    del doc["model_hash"]
+    out.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="does not record the model"):
+        EdgeDetector.load(template_run(), threshold=out)

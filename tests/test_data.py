@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgead.data import DatasetError, TestSample, detect_layout, find_categories, load_test, load_train
-from edgead.io import PointCloudError, write_pcd, write_ply
+from edgead.formats.dataset import DatasetError, TestSample, detect_layout, find_categories, load_test, load_train
+from edgead.formats.pointcloud import PointCloudError, write_pcd, write_ply
 
 
 def _pts(n, seed):

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from test_template import part_scan
 
-from edgead import DetectionResult, EdgeDetector
-from edgead.detector import MAX_POINTS, object_score
-from edgead.detectors import template
+from edgead import DetectionResult, EdgeDetector, NotInspected
+from edgead.formats.threshold import write_threshold
+from edgead.runtime import MAX_POINTS, object_score
+from edgead.train import template
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,10 @@ def test_threshold_decides_anomalous(run_dir, frame, tmp_path):
     assert det.detect(frame[0]).anomalous is True and det.detect(good).anomalous is False
     assert det.detect(good).threshold == 1.2
     calib = tmp_path / "threshold.json"
-    calib.write_text('{"threshold": 50.0}')
-    assert EdgeDetector.load(run_dir, threshold=calib).detect(frame[0]).anomalous is False
+    write_threshold(calib, {"threshold": 50.0, "model_hash": det.model_hash})
+    loaded = EdgeDetector.load(run_dir, threshold=calib)
+    assert loaded.detect(frame[0]).anomalous is False and loaded.detect(good).passed is True
+    assert EdgeDetector.load(run_dir).detect(good).passed is False  # no threshold: nothing passes
 
 
 def test_nan_rows_are_dropped_and_reported(det, frame):
@@ -66,9 +69,18 @@ def test_nan_rows_are_dropped_and_reported(det, frame):
     np.testing.assert_allclose(res.point_scores[keep], det.detect(frame[0][keep]).point_scores, atol=1e-3)
 
 
+def test_any_array_like_of_numbers_is_taken(det, frame):
+    pts = frame[0]
+    ref = det.detect(pts)
+    np.testing.assert_array_equal(det.detect(pts.tolist()).point_scores, ref.point_scores)
+    np.testing.assert_array_equal(det.detect(np.rint(pts).astype(np.int32)).point_scores,
+                                  det.detect(np.rint(pts)).point_scores)
+
+
 @pytest.mark.parametrize(("points", "match"), [
-    ([[0.0, 0.0, 0.0]] * 100, "numpy array, got list"),
-    (np.zeros((100, 3), np.int32), "float array, got dtype int32"),
+    ([[0.0, 0.0], [1.0]], "array of numbers"),
+    (np.array([["a", "b", "c"]] * 100), "must be numbers"),
+    (np.zeros((3, 500), np.float32), r"transposed\? this is \(3, N\)"),
     (np.zeros((100, 2), np.float32), r"shape \(N, 3\), got \(100, 2\)"),
     (np.zeros((3, 100, 3), np.float32), r"shape \(N, 3\)"),
     (np.zeros((0, 3), np.float32), "no points"),
@@ -78,6 +90,18 @@ def test_nan_rows_are_dropped_and_reported(det, frame):
 def test_bad_input_is_a_clear_value_error(det, points, match):
     with pytest.raises(ValueError, match=match):
         det.detect(points)
+
+
+@pytest.mark.parametrize("frame_of", ["stuck", "zeros", "few", "belt", "other"])
+def test_frames_that_cannot_be_judged_are_never_a_pass(det, frame, frame_of):
+    """A stuck sensor, a zeroed depth map, 32 points of a good part, an empty belt, another part: NotInspected."""
+    good = part_scan(8000, 44)[0]
+    rng = np.random.default_rng(5)
+    pts = {"stuck": np.tile(good[:1], (2000, 1)), "zeros": np.zeros((20000, 3), np.float32), "few": good[:32],
+           "belt": np.c_[rng.uniform(-300, 300, (20000, 2)), rng.normal(0, 0.2, 20000)].astype(np.float32),
+           "other": (rng.normal(size=(8000, 3)) * [5, 60, 5] + [800, -250, 400]).astype(np.float32)}[frame_of]
+    with pytest.raises(NotInspected):
+        det.detect(pts)
 
 
 def test_oversized_frame_is_rejected_before_any_work(det):

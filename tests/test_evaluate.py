@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from test_template import part_scan
 
-from edgead import EdgeDetector, evaluate, metrics
-from edgead.detectors import template
+from edgead import EdgeDetector
+from edgead.tools import evaluate, metrics
+from edgead.train import template
 
 
 @dataclass
-class Sample:  # the fields of edgead.data.TestSample that evaluation reads
+class Sample:  # the fields of edgead.formats.dataset.TestSample that evaluation reads
     name: str
     points: np.ndarray
     labels: np.ndarray
@@ -89,7 +90,7 @@ def test_plot_writes_png(detector, runs, tmp_path):
 
 def write_category(root, n_good=2, n_bad=2, n=4000):
     """A tiny category in the Real3D-AD layout: train/*template*.pcd, test/*.pcd, gt/<defective>.txt."""
-    from edgead.io import write_pcd
+    from edgead.formats.pointcloud import write_pcd
 
     for d in ("train", "test", "gt"):
         (root / d).mkdir(parents=True)
@@ -104,7 +105,8 @@ def write_category(root, n_good=2, n_bad=2, n=4000):
 def test_train_and_eval_commands_on_a_category_root(tmp_path, capsys):
     import argparse
 
-    from edgead import train as train_cmd
+    from edgead.cli import eval as eval_cmd
+    from edgead.cli import train as train_cmd
 
     write_category(tmp_path / "data" / "ellipsoid")
     parser = argparse.ArgumentParser()
@@ -112,10 +114,10 @@ def test_train_and_eval_commands_on_a_category_root(tmp_path, capsys):
     assert train_cmd.main(parser.parse_args(["template", "--data", str(tmp_path / "data" / "ellipsoid"),
                                              "--out", str(tmp_path / "run")])) == 0
     parser = argparse.ArgumentParser()
-    evaluate.add_arguments(parser)
+    eval_cmd.add_arguments(parser)
     args = parser.parse_args([str(tmp_path / "run"), "--data", str(tmp_path / "data"),
                               "--json", str(tmp_path / "r.json")])  # a root of categories
-    assert evaluate.main(args) == 0
+    assert eval_cmd.main(args) == 0
     out = capsys.readouterr().out
     assert "ellipsoid" in out and "O-AUROC" in out and "timing" in out
     rep = json.loads((tmp_path / "r.json").read_text())

@@ -199,8 +199,8 @@ def test_results_use_plain_msgpack_types_only():
 
 @pytest.mark.skipif(not (EXAMPLES.parent / "engines" / "demo" / "model.json").exists(), reason="no demo engine")
 def test_demo_threshold_was_calibrated_for_the_shipped_engine():
-    from edgead.detector import EdgeDetector
-    from edgead.stream.demo import ENGINE, THRESHOLD
+    from edgead.runtime import EdgeDetector
+    from edgead.tools.demo import ENGINE, THRESHOLD
 
     doc = json.loads(THRESHOLD.read_text())
     assert doc["model_hash"] == EdgeDetector.load(ENGINE).model_hash  # else: python engines/make_demo.py

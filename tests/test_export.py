@@ -10,10 +10,10 @@ pytest.importorskip("onnxruntime")
 from engine_helpers import KINDS, part, trained_and_exported  # noqa: E402
 
 from edgead import ops  # noqa: E402
-from edgead.detector import EdgeDetector  # noqa: E402
-from edgead.export import export_run  # noqa: E402
+from edgead.export import export_run, trt  # noqa: E402
 from edgead.export import onnx as onnx_export  # noqa: E402
-from edgead.export.manifest import sha256  # noqa: E402
+from edgead.formats.digest import sha256_file  # noqa: E402
+from edgead.runtime import EdgeDetector  # noqa: E402
 
 # ONNX Runtime vs PyTorch, FP32, same feeds: reconstruction in normalised units, scores in mm (parts ~80 mm).
 RECON_ATOL, SCORE_ATOL = 1e-4, 1e-3
@@ -27,18 +27,19 @@ def exported(request, tmp_path_factory):
 
 def test_manifest_describes_and_hashes_every_file(exported):
     kind, run, out, doc = exported
-    assert doc["kind"] == kind and doc["format"] == "edgead-engine/1"
+    assert doc["kind"] == kind and doc["format"] == "edgead-engine/2" and len(doc["model_hash"]) == 64
     assert {f"{kind}.onnx", f"{kind}.fp16.onnx", f"{kind}.npz"} <= set(doc["files"])
     for fname, digest in doc["files"].items():
-        assert sha256(out / fname) == digest
-    assert doc["engines"]["onnx"]["precision"] == "fp32"
-    assert doc["normalization"]["scale"] > 0 and doc["pipeline"]["kind"] == kind
+        assert sha256_file(out / fname) == digest
+    assert doc["engines"]["onnx"]["precision"] == "fp32" and doc["preset"] == {"dusnet": "tiny", "r3dad": "cpu"}[kind]
+    assert doc["pipeline"]["normalization"]["scale"] > 0 and doc["source_model_hash"] != doc["model_hash"]
     names = {"dusnet": ["patches", "centers"], "r3dad": ["points"]}[kind]
     assert [t["name"] for t in doc["inputs"]] == names and doc["outputs"][0]["name"] == "recon"
     assert all(t["dtype"] == "float32" and all(d > 0 for d in t["shape"]) for t in doc["inputs"] + doc["outputs"])
     assert {"torch", "onnx", "onnxruntime", "numpy"} <= set(doc["versions"])
     if shutil.which("nvcc"):
         assert {"edgead_fps.ptx", "edgead_knn.ptx"} <= set(doc["files"])
+        assert doc["kernels"]["ptx_isa"] and doc["kernels"]["min_driver"]
 
 
 def test_export_time_parity_within_tolerance(exported):
@@ -128,8 +129,6 @@ def test_missing_manifest_is_a_clear_error(exported, tmp_path):
 
 
 def test_trt_format_without_tensorrt_fails_and_writes_nothing(exported, tmp_path):
-    from edgead.export import trt
-
     if trt.unavailable_reason() is None:
         pytest.skip("TensorRT and a GPU are present here: a plan would be built")
     _, run, _, _ = exported
@@ -138,11 +137,41 @@ def test_trt_format_without_tensorrt_fails_and_writes_nothing(exported, tmp_path
     assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").iterdir())
 
 
+def test_format_all_keeps_the_onnx_engines_when_the_tensorrt_build_fails(exported, tmp_path, monkeypatch):
+    """TensorRT's builder raising (here made to, on a machine that may have no TensorRT) costs the plan only."""
+    _, run, _, _ = exported
+
+    def failing_build(*args):
+        raise RuntimeError("no layer implementation for TopK")
+
+    monkeypatch.setattr(trt, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt, "build", failing_build)
+    doc = export_run(run, tmp_path, "x", "all")
+    assert doc["trt_skipped"] == "TensorRT build failed: no layer implementation for TopK"
+    assert "plan" not in doc["engines"] and not (tmp_path / "x.plan").exists()
+    assert EdgeDetector.load(tmp_path / "x.onnx").backend == "onnx"
+
+
+INSPECTOR_TRT10 = {"Layers": [
+    {"Name": "a", "Outputs": [{"Name": "t", "Format/Datatype": "Row major linear FP16 format"}]},
+    {"Name": "b", "Outputs": [{"Name": "u", "Format/Datatype": "Row major linear FP32"}]}]}
+INSPECTOR_TRT11 = {"Layers": [
+    {"Name": "a", "Outputs": [{"Name": "t", "Format": "Row major linear", "Datatype": "Half"}]},
+    {"Name": "b", "Outputs": [{"Name": "u", "Format": "Row major linear", "Datatype": "Float"}]},
+    "a layer TensorRT only names"]}
+
+
+def test_fp16_check_reads_both_tensorrt_inspector_shapes():
+    assert trt.half_layers(INSPECTOR_TRT10) == (1, 2)
+    assert trt.half_layers(INSPECTOR_TRT11) == (1, 2)
+    assert trt.half_layers({"Layers": [{"Outputs": [{"Datatype": "Float"}]}]}) == (0, 1)
+
+
 def test_export_rejects_bad_requests(exported, tmp_path):
     _, run, _, _ = exported
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         export_run(tmp_path, tmp_path / "e")
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(ValueError, match="tflite"):
         export_run(run, tmp_path / "e", fmt="tflite")
     with pytest.raises(ValueError, match="engine name"):
         export_run(run, tmp_path / "e", name="../evil")
@@ -161,7 +190,7 @@ def test_score_voxel_chosen_at_export(exported, tmp_path):
     det = EdgeDetector.load(out / f"{kind}.onnx")
     voxel = det.detect(frame).point_scores
     exact = EdgeDetector.load(tmp_path / f"{kind}.onnx").detect(frame).point_scores
-    _, context = det.pipeline.preprocess(frame)
+    _, context, _ = det.pipeline.preprocess(frame)
     x = context if kind == "dusnet" else context[0]  # the frame in the model's normalised coordinates
     reps, owner = ops.voxel_representatives(x, doc["pipeline"]["config"]["score_voxel"])
     assert len(reps) < 0.8 * len(frame)  # 40k points on an 80 mm part share voxels

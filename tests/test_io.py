@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgead.io import PointCloudError, read_labeled, read_points, write_pcd, write_ply
+from edgead.formats.pointcloud import PointCloudError, read_labeled, read_points, write_pcd, write_ply
 
 
 def _cloud(n=200, seed=0, nan_rows=()):

@@ -1,14 +1,16 @@
-"""The CUDA grouping kernels: compiled with nvcc wherever it is installed, run against edgead.ops where a GPU,
-pycuda and the compiled kernels are present (elsewhere those tests skip with the reason)."""
+"""The CUDA grouping kernels: compiled with nvcc wherever it is installed, run through the real ``CudaOps`` against
+edgead.ops where a GPU, pycuda and the compiled kernels are present (elsewhere those tests skip with the reason).
+The CPU side of the contract (neighbours in (squared distance, index) order, ties included) is tested everywhere."""
 
 import shutil
 import subprocess
+import threading
 
 import numpy as np
 import pytest
 
 from edgead import ops
-from edgead.export import KERNEL_SOURCES, NVCC_FLAGS, compile_kernels
+from edgead.export.kernels import KERNEL_SOURCES, NVCC_FLAGS, compile_kernels, gpu_arch, ptx_requirements
 
 nvcc = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(nvcc is None, reason="nvcc not installed")
@@ -26,6 +28,7 @@ def test_every_kernel_compiles_without_warnings(tmp_path):
 def test_export_compiles_the_entry_points_the_launcher_uses(tmp_path):
     info = compile_kernels(tmp_path)
     assert set(info["modules"]) == {"fps", "knn"} and "--fmad=false" in info["flags"]
+    assert info["ptx_isa"] and info["min_driver"] and info["ptx_arch"] == "compute_75"  # the edge box's driver floor
     fps, knn = (tmp_path / "edgead_fps.ptx").read_text(), (tmp_path / "edgead_knn.ptx").read_text()
     for entry in ("fps_step", "fps_finish", "fps_persistent"):
         assert f".entry {entry}(" in fps
@@ -34,41 +37,107 @@ def test_export_compiles_the_entry_points_the_launcher_uses(tmp_path):
     assert "fma.rn.f32" not in fps + knn  # no contraction: distances bit-identical to numpy's
 
 
+def test_ptx_requirements_read_the_isa_version():
+    assert ptx_requirements("//\n.version 9.0\n.target sm_75\n") == {
+        "ptx_isa": "9.0", "ptx_cuda": "13.0", "min_driver": "580.65.06", "ptx_arch": "compute_75"}
+    assert ptx_requirements(".version 99.1\n")["min_driver"] is None  # newer than the table: unknown, not guessed
+
+
+def grid_with_duplicates() -> np.ndarray:
+    """A 1 mm grid (many exactly equidistant neighbours) with its first 50 points repeated."""
+    g = np.stack(np.meshgrid(np.arange(20.0), np.arange(20.0), np.arange(3.0)), -1).reshape(-1, 3)
+    return np.r_[g, g[:50]].astype(np.float32)
+
+
+def queries(ref: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.r_[ref[::7], (ref[::11] + 0.5), rng.uniform(0, 20, (60, 3))].astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 16, 17, 32, 100, 511, 512, 1249, 1250])
+def test_knn_orders_ties_by_index_on_grids_and_duplicates(k):
+    """The CPU contract the kernels implement: (squared distance, index) order, ties at the k-th place keep the
+    lowest indices. A k-d tree alone orders most tied rows of a grid differently."""
+    ref = grid_with_duplicates()
+    q = queries(ref)
+    got, want = ops.knn(q, ref, k), ops.knn_reference(q, ref, k)
+    np.testing.assert_array_equal(got.idx, want.idx)
+    np.testing.assert_array_equal(got.dist, want.dist)
+    patches, idx = ops.group(ref, q, k)
+    np.testing.assert_array_equal(idx, want.idx)
+    np.testing.assert_array_equal(patches, ref[want.idx] - q[:, None, :])
+
+
 @pytest.fixture(scope="module")
 def cuda_ops(tmp_path_factory):
     pytest.importorskip("pycuda", reason="pycuda not installed")
-    from edgead.export.trt import gpu_arch
-
     if gpu_arch() is None or nvcc is None:
         pytest.skip("no CUDA GPU or no nvcc here")
-    from edgead.runtime.cuda_ops import CudaOps, primary_context
+    from edgead.runtime.cuda_ops import CudaOps, GpuContext
 
     folder = tmp_path_factory.mktemp("kernels")
     compile_kernels(folder)
-    ctx = primary_context()
-    yield CudaOps(folder)
-    ctx.pop()
+    return CudaOps(folder, GpuContext(0))
 
 
 def cloud(n, seed):
     return (np.random.default_rng(seed).random((n, 3)) * 100).astype(np.float32)
 
 
-@pytest.mark.parametrize("n,m,start", [(1, 1, 0), (5000, 128, 17), (200_000, 512, 0)])
+@pytest.mark.parametrize("n,m,start", [(1, 1, 0), (5000, 128, 17), (200_000, 512, 0), (65536, 2048, 3)])
 def test_gpu_fps_equals_cpu(cuda_ops, n, m, start):
     pts = cloud(n, n)
     if n > 100:
         pts[100] = pts[200]  # a duplicate: ties resolve to the same index
     gpu = cuda_ops.farthest_point_sample(pts, m, start)
     np.testing.assert_array_equal(gpu, ops.farthest_point_sample(pts, m, start))
+    assert cuda_ops.fps_aborts == 0  # the single-launch kernel ran (its grid was co-resident)
 
 
-@pytest.mark.parametrize("m,n,k", [(1000, 3000, 1), (50_000, 8192, 3), (256, 16384, 32), (64, 20000, 512)])
+def test_gpu_fps_refuses_a_start_outside_the_cloud(cuda_ops):
+    with pytest.raises(ValueError, match="start"):
+        cuda_ops.farthest_point_sample(cloud(100, 0), 10, 100)
+
+
+@pytest.mark.parametrize("m,n,k", [(1000, 3000, 1), (50_000, 8192, 3), (300, 5000, 5), (256, 16384, 16),
+                                   (256, 16384, 17), (256, 16384, 32), (64, 20000, 100), (64, 20000, 511),
+                                   (64, 20000, 512), (8, 2000, 1024)])
 def test_gpu_knn_and_group_equal_cpu(cuda_ops, m, n, k):
     q, ref = cloud(m, 1), cloud(n, 2)
     d_gpu, i_gpu = cuda_ops.knn(q, ref, k)
     d_cpu, i_cpu = ops.knn(q, ref, k)
     np.testing.assert_array_equal(i_gpu, i_cpu)
-    np.testing.assert_allclose(d_gpu, d_cpu, rtol=1e-6)
-    patches_gpu, _ = cuda_ops.group(ref, q, k)
-    np.testing.assert_array_equal(patches_gpu, ops.group(ref, q, k)[0])
+    np.testing.assert_array_equal(d_gpu, d_cpu)
+    patches_gpu, idx_gpu = cuda_ops.group(ref, q, k)
+    np.testing.assert_array_equal(patches_gpu, ops.group(ref, q, k).patches)
+    np.testing.assert_array_equal(idx_gpu, i_cpu)
+
+
+@pytest.mark.parametrize("k", [1, 3, 16, 17, 32, 512])
+def test_gpu_ties_and_duplicates_equal_cpu(cuda_ops, k):
+    ref = grid_with_duplicates()
+    q = queries(ref)
+    got, want = cuda_ops.knn(q, ref, k), ops.knn(q, ref, k)
+    np.testing.assert_array_equal(got.idx, want.idx)
+    np.testing.assert_array_equal(got.dist, want.dist)
+    np.testing.assert_array_equal(cuda_ops.nearest_distance(q, ref), ops.nearest_distance(q, ref))
+
+
+def test_gpu_ops_work_from_another_thread_and_leave_no_context_pushed(cuda_ops):
+    """serve loads in one thread and detects in another; pycuda's context stack is per thread."""
+    import pycuda.driver as cuda
+
+    out, errors = [], []
+
+    def work():
+        try:
+            out.append(cuda_ops.farthest_point_sample(cloud(3000, 5), 64, 0))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(60)
+    assert not errors and len(out) == 1
+    np.testing.assert_array_equal(out[0], ops.farthest_point_sample(cloud(3000, 5), 64, 0))
+    assert cuda.Context.get_current() is None  # nothing left pushed in this thread either (pycuda aborts at exit)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgead import metrics
+from edgead.tools import metrics
 
 
 def pairwise_auroc(y, s):

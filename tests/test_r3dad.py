@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgead.detector import EdgeDetector, object_score  # noqa: E402
-from edgead.detectors.r3dad import Pipeline, cluster_distance, preset, propagate, subsample_indices  # noqa: E402
+from edgead.detectors import NotInspected, build_pipeline  # noqa: E402
+from edgead.detectors.r3dad import cluster_distance, propagate, subsample_indices  # noqa: E402
 from edgead.models.r3dad import (  # noqa: E402
     R3DAD,
     ConcatSquashLinear,
@@ -20,11 +21,19 @@ from edgead.models.r3dad import (  # noqa: E402
     ddim_timesteps,
     ddpm_schedule,
 )
-from edgead.patchgen import patch_gen  # noqa: E402
+from edgead.runtime import EdgeDetector, object_score  # noqa: E402
 from edgead.train import TrainOptions  # noqa: E402
-from edgead.train.r3dad import fit  # noqa: E402
+from edgead.train import r3dad as T  # noqa: E402
+from edgead.train.patchgen import patch_gen  # noqa: E402
 
-TINY = dict(num_points=128, hidden=(32, 32), encoder=(32, 64), latent_dim=16, batch_size=4, sample_steps=4)
+CPU = T.PRESETS["cpu"]
+TINY = T.Preset(replace(CPU.pipeline, num_points=128),
+                replace(CPU.arch, hidden=(32, 32), encoder=(32, 64), latent_dim=16, sample_steps=4),
+                replace(CPU.train, batch_size=4))
+
+
+def tiny(**train) -> T.Preset:
+    return replace(TINY, train=replace(TINY.train, **train))
 
 
 def ellipsoid(n: int, seed: int = 0, offset=(100.0, -40.0, 250.0)) -> np.ndarray:
@@ -101,7 +110,7 @@ def test_patch_gen_rejects_bad_input():
 
 def test_training_loss_decreases():
     torch.manual_seed(0)
-    model = R3DAD(preset("cpu", **TINY))
+    model = R3DAD(TINY.arch)
     rng = np.random.default_rng(0)
     pairs = [patch_gen(ellipsoid(128) / 40.0, rng, ratio=1 / 8, max_angle=0.0) for _ in range(4)]
     clean, bad = (torch.from_numpy(np.stack([getattr(r, k) for r in pairs])) for k in ("clean", "anomalous"))
@@ -122,11 +131,11 @@ def test_training_loss_decreases():
 
 def test_samplers():
     torch.manual_seed(0)
-    model = R3DAD(preset("cpu", **TINY)).eval()
+    model = R3DAD(TINY.arch).eval()
     torch.nn.init.normal_(model.net.layers[-1].layer.weight, std=0.5)  # a non-trivial (not all-zero) displacement
     pts = torch.from_numpy(ellipsoid(128) / 40.0)[None]
     with torch.no_grad():
-        g = InferenceGraph(model)
+        g = InferenceGraph(model, 128)
         a, b = g(pts[0])[0], g(pts[0])[0]
         s1 = model.sample_ddpm(pts, torch.Generator().manual_seed(0))
         s2 = model.sample_ddpm(pts, torch.Generator().manual_seed(1))
@@ -137,7 +146,7 @@ def test_samplers():
 def test_graph_has_no_random_ops(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
-    graph = InferenceGraph(R3DAD(preset("cpu", **TINY))).eval()
+    graph = InferenceGraph(R3DAD(TINY.arch), 128).eval()
     x = torch.from_numpy(ellipsoid(128) / 40.0)
     path = tmp_path / "r3dad.onnx"
     torch.onnx.export(graph, (x,), str(path), input_names=["points"], output_names=["recon"], opset_version=17,
@@ -171,14 +180,14 @@ def test_scores_and_propagation():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("r3dad_run")
-    fit(preset("cpu", **TINY, steps=3, ckpt_every=2), [ellipsoid(3000, s) for s in range(2)], out,
-        TrainOptions(progress=False))
+    T.train([ellipsoid(3000, s) for s in range(2)], out, TrainOptions(progress=False), tiny(steps=3, ckpt_every=2))
     return out
 
 
 def test_run_dir_loads_and_detects(run_dir):
     doc = json.loads((run_dir / "model.json").read_text())
-    assert doc["name"] == "r3dad" and len(doc["model_hash"]) == 64 and doc["pipeline"]["kind"] == "r3dad"
+    assert doc["name"] == "r3dad" and len(doc["model_hash"]) == 64 and doc["kind"] == "r3dad"
+    assert doc["arch"] == TINY.arch.to_dict() | {"hidden": [32, 32], "encoder": [32, 64]}
     assert len((run_dir / "train_log.jsonl").read_text().splitlines()) == 3
     assert (run_dir / "checkpoints" / "last.pt").exists()
     det = EdgeDetector.load(run_dir)
@@ -187,9 +196,11 @@ def test_run_dir_loads_and_detects(run_dir):
     assert r1.point_scores.shape == (2000,) and np.isfinite(r1.point_scores).all()
     assert np.array_equal(r1.point_scores, r2.point_scores) and r1.score == r2.score
     assert r1.score == pytest.approx(object_score(x, r1.point_scores))
-    small = det.detect(ellipsoid(20, 3))
-    assert small.point_scores.shape == (20,) and np.isfinite(small.point_scores).all()
-    with_nan = x[:100].copy()
+    small = det.detect(ellipsoid(300, 3))  # fewer points than the network's M: repeated, every point scored
+    assert small.point_scores.shape == (300,) and np.isfinite(small.point_scores).all()
+    with pytest.raises(NotInspected, match="surface cells"):
+        det.detect(ellipsoid(20, 3))  # 20 points see too little of the part to judge it
+    with_nan = x[:1500].copy()
     with_nan[5] = np.nan
     r = det.detect(with_nan)
     assert np.isnan(r.point_scores[5]) and np.isfinite(np.delete(r.point_scores, 5)).all()
@@ -198,14 +209,14 @@ def test_run_dir_loads_and_detects(run_dir):
 
 
 def test_resume_continues(run_dir):
-    fit(preset("cpu", **TINY, steps=4, ckpt_every=2), [ellipsoid(3000, s) for s in range(2)], run_dir,
-        TrainOptions(resume=True, progress=False))
+    T.train([ellipsoid(3000, s) for s in range(2)], run_dir, TrainOptions(resume=True, progress=False),
+            tiny(steps=4, ckpt_every=2))
     steps = [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
 
 
 def test_bad_state_is_a_value_error():
     with pytest.raises(ValueError, match="incomplete"):
-        Pipeline.from_state({"kind": "r3dad"}, {})
+        build_pipeline("r3dad", {}, {})
     with pytest.raises(ValueError, match="preset"):
-        preset("gpu")
+        T.preset("gpu")

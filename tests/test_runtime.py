@@ -12,9 +12,11 @@ pytest.importorskip("onnxruntime")
 
 from engine_helpers import part, trained_and_exported  # noqa: E402
 
-from edgead import bench  # noqa: E402
-from edgead.detector import EdgeDetector  # noqa: E402
-from edgead.export.manifest import sha256, write_manifest  # noqa: E402
+from edgead.detectors import build_pipeline  # noqa: E402
+from edgead.formats.digest import sha256_file  # noqa: E402
+from edgead.formats.engine import read_engine, write_manifest  # noqa: E402
+from edgead.runtime import EdgeDetector  # noqa: E402
+from edgead.tools import bench  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +28,10 @@ def test_onnx_runtime_path_never_imports_torch(engines, tmp_path):
     frame_path = tmp_path / "frame.npy"
     np.save(frame_path, part(seed=5))
     code = (
-        "import sys, numpy as np, edgead, edgead.runtime.onnx_backend\n"
-        "from edgead import detector\n"
+        "import sys, numpy as np\n"
+        "from edgead import EdgeDetector\n"
         "for path in sys.argv[2:]:\n"
-        "    r = detector.EdgeDetector.load(path).detect(np.load(sys.argv[1]))\n"
+        "    r = EdgeDetector.load(path).detect(np.load(sys.argv[1]))\n"
         "    assert np.isfinite(r.point_scores).all() and r.score > 0\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
         "print('TORCH' if bad else 'CLEAN')\n"
@@ -68,20 +70,53 @@ def test_plan_with_wrong_hash_is_refused_before_tensorrt(engines, tmp_path):
     """The sha256 check runs before TensorRT is imported, so it is tested here too."""
     out = engines["r3dad"][1]
     doc = json.loads((out / "r3dad.json").read_text())
-    (tmp_path / "r3dad.npz").write_bytes((out / "r3dad.npz").read_bytes())
+    for f in ["r3dad.npz", *(f for f in doc["files"] if f.startswith("edgead_"))]:  # arrays, compiled kernels
+        (tmp_path / f).write_bytes((out / f).read_bytes())
     (tmp_path / "r3dad.plan").write_bytes(b"not the plan the manifest hashed")
     doc["files"]["r3dad.plan"] = "0" * 64
-    doc.pop("format")
     write_manifest(tmp_path / "r3dad.json", doc)
     with pytest.raises(ValueError, match="sha256"):
         EdgeDetector.load(tmp_path / "r3dad.plan")
-    doc["files"]["r3dad.plan"] = sha256(tmp_path / "r3dad.plan")
+    doc["files"]["r3dad.plan"] = sha256_file(tmp_path / "r3dad.plan")
     write_manifest(tmp_path / "r3dad.json", doc)
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         with pytest.raises(RuntimeError, match="TensorRT"):
             EdgeDetector.load(tmp_path / "r3dad.plan")
+
+
+def test_an_edited_manifest_field_is_refused(engines, tmp_path):
+    out = engines["dusnet"][1]
+    for f in ("dusnet.onnx", "dusnet.npz"):
+        (tmp_path / f).write_bytes((out / f).read_bytes())
+    doc = json.loads((out / "dusnet.json").read_text())
+    doc["pipeline"]["normalization"]["scale"] *= 1.01  # a 1 % change of the scale moves every score
+    (tmp_path / "dusnet.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="content hash"):
+        EdgeDetector.load(tmp_path / "dusnet.onnx")
+
+
+def test_cuda_ops_detector_equals_the_cpu_pipeline(engines, tmp_path):
+    """A detector end to end with the geometry on the GPU (CudaOps through pycuda, the network on ONNX Runtime) gives
+    the CPU pipeline's result bit for bit: same FPS, same neighbours, same scores."""
+    pytest.importorskip("pycuda", reason="pycuda not installed")
+    from edgead.export.kernels import compile_kernels, gpu_arch
+
+    if gpu_arch() is None or compile_kernels(tmp_path) is None:
+        pytest.skip("no CUDA GPU or no nvcc here")
+    from edgead.runtime.cuda_ops import CudaOps, GpuContext
+
+    geometry = CudaOps(tmp_path, GpuContext(0))
+    for kind in ("dusnet", "r3dad"):
+        cpu = EdgeDetector.load(engines[kind][1] / f"{kind}.onnx")
+        engine = read_engine(engines[kind][1] / f"{kind}.onnx")
+        gpu = EdgeDetector(build_pipeline(kind, engine.doc["pipeline"], engine.arrays, geometry), cpu.runner,
+                           backend=cpu.backend, name=cpu.name, model_hash=cpu.model_hash)
+        frame = part(n=20000, seed=11, bump=True)
+        a, b = cpu.detect(frame), gpu.detect(frame)
+        np.testing.assert_array_equal(a.point_scores, b.point_scores, err_msg=kind)
+        assert a.score == b.score
 
 
 @pytest.mark.parametrize("kind", ["dusnet", "r3dad"])

@@ -11,10 +11,10 @@ import pytest
 import zmq
 from stream_helpers import part
 
-from edgead.calibrate import calibrate_scene, crop
-from edgead.io import write_pcd
+from edgead.formats.pointcloud import write_pcd
 from edgead.stream.protocol import decode_frame
 from edgead.stream.sensors import DepthToPoints, FramePublisher, file_frames, publish, realsense_frames
+from edgead.tools.calibrate import calibrate_scene, crop
 
 rs = pytest.importorskip("pyrealsense2", reason="pyrealsense2 (the realsense extra) is not installed")
 

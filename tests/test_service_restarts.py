@@ -76,7 +76,7 @@ def test_serve_survives_repeated_cli_replays(tmp_path):
     """The reported crash: ``edgead sensor replay`` run to its end several times against one ``edgead serve``."""
     from sensor_process import block
 
-    from edgead.io import write_pcd
+    from edgead.formats.pointcloud import write_pcd
 
     files = [tmp_path / f"good_{i}.pcd" for i in range(2)]
     for i, f in enumerate(files):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from pykdtree.kdtree import KDTree
 
-from edgead import synth
-from edgead.data import detect_layout, find_categories, load_test, load_train
+from edgead.cli import synth as synth_cli
+from edgead.formats.dataset import detect_layout, find_categories, load_test, load_train
+from edgead.tools import synth
 
 CATS = ["l_bracket", "pipe_elbow"]
 SMALL = dict(categories=CATS, points=4000, n_train=2, n_good=2, n_defective=5)
@@ -145,10 +146,10 @@ def test_scan_track_is_one_sided(category):
 
 def test_cli(tmp_path, capsys):
     p = argparse.ArgumentParser()
-    synth.add_arguments(p)
+    synth_cli.add_arguments(p)
     args = p.parse_args(["--out", str(tmp_path / "o"), "--seed", "2", "--track", "scan", "--categories", "bottle",
                          "--points", "2000", "--train", "1", "--good", "1", "--defective", "1", "--workers", "1"])
-    assert synth.main(args) == 0
+    assert synth_cli.main(args) == 0
     assert "wrote 3 scans" in capsys.readouterr().out
     assert sorted(str(f.relative_to(tmp_path / "o")) for f in (tmp_path / "o").rglob("*.*")) == [
         "bottle/gt/001_bulge.txt", "bottle/test/000_good.pcd", "bottle/test/001_bulge.pcd",

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from edgead import EdgeDetector, ops
-from edgead.detectors import template
+from edgead.detectors import build_pipeline, template
+from edgead.train import template as template_train
 
 AXES = np.array([40.0, 25.0, 15.0])  # an ellipsoidal part (mm): no symmetry that small pose changes could flip
 
@@ -48,17 +49,17 @@ def pose(seed, deg=3.0, offset=(800.0, -250.0, 400.0)):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("template_run")
-    template.train([part_scan(20000, s)[0] for s in range(3)], out)
+    template_train.train([part_scan(20000, s)[0] for s in range(3)], out)
     return out
 
 
 def test_run_dir_loads_and_roundtrips(run_dir):
     doc = json.loads((run_dir / "model.json").read_text())
-    assert doc["pipeline"]["kind"] == "template" and doc["name"] == "template" and len(doc["model_hash"]) == 16
+    assert doc["kind"] == "template" and doc["name"] == "template" and len(doc["model_hash"]) == 64
     det = EdgeDetector.load(run_dir)
     assert det.runner is None and det.backend == "numpy" and det.model_hash == doc["model_hash"]
     ref = det.pipeline.reference
-    assert ref.dtype == np.float32 and ref.shape[1] == 3 and len(ref) <= template.TemplateConfig.max_reference
+    assert ref.dtype == np.float32 and ref.shape[1] == 3 and len(ref) <= template_train.MAX_REFERENCE
     meta, arrays = det.pipeline.state()
     again = template.Pipeline.from_state(json.loads(json.dumps(meta)), arrays)
     np.testing.assert_array_equal(again.reference, ref)
@@ -101,19 +102,19 @@ def test_alignment_undoes_pose_and_offset(run_dir):
 
 def test_voxel_thin_bounds_size_and_averages():
     pts = part_scan(50000, 3)[0]
-    thin = template.voxel_thin(pts, 5000)
+    thin = template_train.voxel_thin(pts, 5000)
     assert 2500 < len(thin) <= 5000 and thin.dtype == np.float32
     assert ops.nearest_distance(thin, pts).max() < 2.0  # voxel means stay on the surface
-    np.testing.assert_array_equal(template.voxel_thin(pts[:100], 5000), pts[:100])
+    np.testing.assert_array_equal(template_train.voxel_thin(pts[:100], 5000), pts[:100])
 
 
 def test_bad_training_input(tmp_path):
     with pytest.raises(ValueError, match="no training clouds"):
-        template.train([], tmp_path)
+        template_train.train([], tmp_path)
     with pytest.raises(ValueError, match="training cloud 1 has 5 finite points"):
-        template.train([part_scan(2000, 0)[0], part_scan(5, 1)[0]], tmp_path)
+        template_train.train([part_scan(2000, 0)[0], part_scan(5, 1)[0]], tmp_path)
     with pytest.raises(ValueError, match="'reference' and 'normals'"):
-        template.Pipeline.from_state({"kind": "template"}, {"reference": np.zeros((100, 3), np.float32)})
+        build_pipeline("template", {"config": {}}, {"reference": np.zeros((100, 3), np.float32)})
 
 
 def elbow_scan(n, seed, *, one_sided=False, deg=4.0):
@@ -125,18 +126,22 @@ def elbow_scan(n, seed, *, one_sided=False, deg=4.0):
     if one_sided:
         p = p[normal @ (np.array([0.5, -0.3, 0.8]) / np.sqrt(0.98)) > 0.1]
     p = p[:n] + rng.normal(scale=0.05, size=(min(n, len(p)), 3))
-    return (p @ (template.rotation(2, deg) @ template.rotation(0, deg / 2)).T + [500, 200, 800]).astype(np.float32)
+    return (p @ (axis_rotation(2, deg) @ axis_rotation(0, deg / 2)).T + [500, 200, 800]).astype(np.float32)
+
+
+def axis_rotation(axis: int, deg: float) -> np.ndarray:
+    return ops.axis_angle(np.eye(3)[axis], np.radians(deg))
 
 
 def test_restarts_rescue_a_trapped_alignment(tmp_path):
-    pipe = template.train([elbow_scan(20000, s, deg=s) for s in range(3)], tmp_path)
+    pipe = template_train.train([elbow_scan(20000, s, deg=s) for s in range(3)], tmp_path)
     assert pipe.config.fit_tolerance > 0  # learnt from the training scans (leave one out)
     no_restarts = template.Pipeline(pipe.reference, pipe.normals, replace(pipe.config, fit_tolerance=np.inf))
     plain, restarted = [], []
     for seed, deg in ((31, 35), (31, 45), (32, 40), (32, 45)):  # one-sided views, turned by 35-45 degrees
         pts = elbow_scan(8000, seed, one_sided=True, deg=0)
         c = ops.bbox_center(pts)
-        pts = (pts - c) @ template.rotation(0, deg).T + c
+        pts = (pts - c) @ axis_rotation(0, deg).T + c
         for p, out in ((no_restarts, plain), (pipe, restarted)):
             r, t = p.align(pts)
             out.append(np.median(ops.nearest_distance(pts @ r.T + t, p.reference)))
@@ -146,12 +151,12 @@ def test_restarts_rescue_a_trapped_alignment(tmp_path):
 
 def test_fit_tolerance_sits_just_above_a_good_fit():
     """Learnt by leaving each training scan out: a good test scan fits within it, a trapped one (>= 4x) does not."""
-    aligned = template.align_training([elbow_scan(20000, s, deg=s) for s in range(3)], template.TemplateConfig())
-    tol = template.fit_tolerance(aligned, template.TemplateConfig())
-    ref = template.voxel_thin(np.concatenate(aligned), 100_000)
+    aligned = template_train.align_training([elbow_scan(20000, s, deg=s) for s in range(3)], template.TemplateConfig())
+    tol = template_train.fit_tolerance(aligned, template.TemplateConfig())
+    ref = template_train.voxel_thin(np.concatenate(aligned), 100_000)
     pipe = template.Pipeline(ref, ops.estimate_normals(ref), template.TemplateConfig(fit_tolerance=tol))
     good = elbow_scan(8000, 50, one_sided=True)
     coarse = good[ops.stride_subsample(len(good), 512)]
     fit = pipe.residual(coarse, *pipe.icp(coarse))
     assert fit < tol < 4 * fit
-    assert template.fit_tolerance(aligned[:1], template.TemplateConfig()) == 0.0  # one scan: always restart
+    assert template_train.fit_tolerance(aligned[:1], template.TemplateConfig()) == 0.0  # one scan: always restart

@@ -1,29 +1,27 @@
-"""``template``: the golden-sample baseline a line engineer tries first.
+"""``template``: the golden-sample detector a line engineer tries first.
 
-Training aligns every normal scan to the first one (ICP), merges them and thins the union to a reference cloud of
-bounded size. Inference aligns the test scan to the reference (bounding-box centres, then trimmed point-to-plane
-ICP on a subsample, restarted from a few perturbed poses when the fit is worse than the training scans' fits) and
-scores each point by its distance to the nearest reference point, in sensor units (mm): no network, no
-normalisation, so the scores mean what they say. The object score is `edgead.detector.object_score`.
+Training (``edgead.train.template``) aligns every normal scan to the first one (ICP), merges them and thins the
+union to a reference cloud of bounded size. Inference aligns the test scan to the reference (bounding-box centres,
+then trimmed point-to-plane ICP on a subsample, restarted from a few perturbed poses when the fit is worse than the
+training scans' fits) and scores each point by its distance to the nearest reference point, in sensor units (mm):
+no network, no normalisation, so the scores mean what they say. The object score is
+``edgead.runtime.detector.object_score``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from pykdtree.kdtree import KDTree
 from scipy.spatial import cKDTree
 
 from edgead import ops
+from edgead.detectors.inspection import Inspection, ReferenceSurface
 
 
 @dataclass
 class TemplateConfig:
-    max_reference: int = 100_000  # reference points kept after voxel thinning
     align_points: int = 4096  # test points (stride subsample) used for ICP
     coarse_points: int = 512  # points used to compare starting poses
     icp_iters: int = 30  # point-to-plane ICP converges in well under 10 on parts with small pose changes
@@ -45,11 +43,13 @@ class Pipeline:
     # scipy's single-threaded tree answers in a fraction of a millisecond.
     tree: KDTree = field(init=False, repr=False, compare=False)
     icp_tree: cKDTree = field(init=False, repr=False, compare=False)
+    surface: ReferenceSurface = field(init=False, repr=False, compare=False)
     kind = "template"
     min_points = 32  # ICP needs enough points for a stable pose
 
     def __post_init__(self):
         self.tree, self.icp_tree = KDTree(self.reference), cKDTree(self.reference)
+        self.surface = ReferenceSurface(self.reference, self.icp_tree)
 
     def icp(self, points: np.ndarray, init=None, iters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         return ops.rigid_icp(points, self.reference, iters=iters or self.config.icp_iters, trim=self.config.trim,
@@ -69,7 +69,7 @@ class Pipeline:
         out = []
         for axis in range(3):
             for sign in (-1.0, 1.0):
-                r = rotation(axis, sign * self.config.start_angle)
+                r = ops.axis_angle(np.eye(3)[axis], np.radians(sign * self.config.start_angle)).astype(np.float32)
                 out.append((r, c_ref - r @ c))
                 out.append((np.eye(3, dtype=np.float32), c_ref - c + sign * shift * np.eye(3, dtype=np.float32)[axis]))
         return out
@@ -90,102 +90,31 @@ class Pipeline:
                     pose, err = cand, cand_err
         return self.icp(sub, pose)
 
-    def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        return {}, self.align(points)
+    def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, Inspection]:
+        aligned = ops.rigid_transform(points, *self.align(points))
+        return {}, aligned, self.surface.inspect(aligned)
 
-    def postprocess(self, points: np.ndarray, context, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        r, t = context
-        return ops.score_by_voxel(ops.rigid_transform(points, r, t), self.config.score_voxel, self.distance)
+    def postprocess(self, points: np.ndarray, context: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return ops.score_by_voxel(context, self.config.score_voxel, self.distance)
 
     def distance(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) aligned points -> (N,) float32: ops.nearest_distance to the reference with the prebuilt tree."""
         return self.tree.query(points, k=1)[0].astype(np.float32)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        return {"kind": self.kind, **asdict(self.config)}, {"reference": self.reference, "normals": self.normals}
+        return {"config": asdict(self.config)}, {"reference": self.reference, "normals": self.normals}
 
     @classmethod
-    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray]) -> Pipeline:
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], geometry: ops.GeometryOps = ops.CPU) -> Pipeline:
+        """``geometry`` is unused: the reference never changes, so its trees are built once here (CPU)."""
         ref, nrm = arrays.get("reference"), arrays.get("normals")
         if ref is None or nrm is None or ref.ndim != 2 or ref.shape[1] != 3 or nrm.shape != ref.shape:
             raise ValueError("template pipeline state needs 'reference' and 'normals' arrays of one shape (M, 3)")
-        known = TemplateConfig.__dataclass_fields__
         return cls(np.ascontiguousarray(ref, dtype=np.float32), np.ascontiguousarray(nrm, dtype=np.float32),
-                   TemplateConfig(**{k: v for k, v in meta.items() if k in known}))
+                   TemplateConfig(**meta["config"]))
 
 
 def trimmed_mean_square(dist: np.ndarray, trim: float) -> float:
     """Mean of the squares of the ``trim`` fraction of smallest distances. (M,) -> float."""
     keep = max(1, int(trim * len(dist)))
     return float(np.mean(np.partition(dist, keep - 1)[:keep].astype(np.float64) ** 2))
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    """(3, 3) float32 rotation about coordinate axis ``axis``."""
-    a = np.radians(degrees)
-    i, j = [k for k in range(3) if k != axis]
-    m = np.eye(3)
-    m[i, i], m[i, j], m[j, i], m[j, j] = np.cos(a), -np.sin(a), np.sin(a), np.cos(a)
-    return m.astype(np.float32)
-
-
-def voxel_thin(points: np.ndarray, max_points: int) -> np.ndarray:
-    """Replace the points in each cubic voxel by their mean, with the voxel size grown until at most ``max_points``
-    remain. (N, 3) -> (M, 3) float32, M <= max_points. Averaging also cancels part of the sensor noise."""
-    if len(points) <= max_points:
-        return points.astype(np.float32)
-    extent = float(np.ptp(points, axis=0).max())
-    size = extent / np.sqrt(max_points)  # a surface of the bounding box's size: ~max_points voxels
-    while True:
-        keys = np.floor((points - points.min(0)) / size).astype(np.int64)
-        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        if len(counts) <= max_points:
-            break
-        size *= max(1.02, np.sqrt(len(counts) / max_points))  # voxels on a surface scale as size^-2
-    sums = np.zeros((len(counts), 3))
-    np.add.at(sums, inverse.ravel(), points)
-    return (sums / counts[:, None]).astype(np.float32)
-
-
-def align_training(clouds: list[np.ndarray], config: TemplateConfig) -> list[np.ndarray]:
-    """Every training cloud (finite points) aligned to the first, with restarts. list of (N_i, 3) -> same."""
-    if not clouds:
-        raise ValueError("template: no training clouds")
-    clouds = [np.asarray(c, dtype=np.float32) for c in clouds]
-    clouds = [c[np.isfinite(c).all(1)] for c in clouds]
-    for i, c in enumerate(clouds):
-        if len(c) < Pipeline.min_points:
-            raise ValueError(f"template: training cloud {i} has {len(c)} finite points, need {Pipeline.min_points}")
-    first = Pipeline(clouds[0], ops.estimate_normals(clouds[0]), replace(config, fit_tolerance=0.0))
-    poses = [first.align(c, 4 * config.align_points) for c in clouds[1:]]  # offline: a finer final fit
-    return [clouds[0]] + [(c @ r.T + t).astype(np.float32) for c, (r, t) in zip(clouds[1:], poses, strict=True)]
-
-
-def fit_tolerance(aligned: list[np.ndarray], config: TemplateConfig, factor: float = 2.0) -> float:
-    """``factor`` times the worst leave-one-out residual (mm^2): each aligned training scan against the reference
-    built from the others, i.e. how well a new good scan fits. 0 (always restart) with a single training scan:
-    nothing to leave out, and restarting costs only time."""
-    worst = 0.0
-    for i, c in enumerate(aligned if len(aligned) > 1 else []):
-        others = voxel_thin(np.concatenate(aligned[:i] + aligned[i + 1:]), config.max_reference)
-        coarse = c[ops.stride_subsample(len(c), config.coarse_points)]
-        worst = max(worst, trimmed_mean_square(ops.nearest_distance(coarse, others), config.trim))
-    return factor * worst
-
-
-def train(clouds: list[np.ndarray], out: Path, opts=None, config: TemplateConfig | None = None) -> Pipeline:
-    """Fit the reference cloud and write the run directory (``model.json``, ``pipeline.npz``)."""
-    from edgead.detectors import save_pipeline
-
-    config = config or TemplateConfig()
-    aligned = align_training(clouds, config)
-    reference = voxel_thin(np.concatenate(aligned), config.max_reference)
-    config = replace(config, fit_tolerance=fit_tolerance(aligned, config))
-    pipeline = Pipeline(reference, ops.estimate_normals(reference), config)
-    meta, arrays = pipeline.state()
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + arrays["reference"].tobytes()).hexdigest()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_pipeline(pipeline, out / "model.json", out / "pipeline.npz",
-                  extra={"name": "template", "model_hash": digest[:16], "n_train": len(clouds)})
-    return pipeline

@@ -14,6 +14,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
 
 OPSET = 18
 MAX_TOPK = 3840  # TensorRT's TopK limit on K
@@ -41,8 +44,6 @@ def export(graph, feeds: dict[str, np.ndarray], path: Path, half: bool = False) 
     ``half``: weights and arithmetic in float16 with float32 inputs and outputs (Casts at the boundary), the form
     TensorRT 11's strongly typed networks need for an FP16 engine.
     """
-    import torch
-
     # optimize=False: the exporter's onnxscript optimizer drops ``x + 1e-8`` (seen with torch 2.13 / onnxscript
     # 0.7: DUS-Net's inverse-distance weights became 1 / sqrt(0) = inf). ONNX Runtime and TensorRT fuse anyway.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
@@ -59,8 +60,6 @@ def export(graph, feeds: dict[str, np.ndarray], path: Path, half: bool = False) 
 
 def _half(graph):
     """A float16 copy of ``graph`` behind float32 inputs and outputs."""
-    import torch
-
     class HalfGraph(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -74,8 +73,6 @@ def _half(graph):
 
 def op_types(path: Path) -> collections.Counter:
     """Count of every op type in the graph, subgraphs included."""
-    import onnx
-
     counts: collections.Counter = collections.Counter()
 
     def walk(g):
@@ -91,9 +88,6 @@ def op_types(path: Path) -> collections.Counter:
 
 def check_graph(path: Path) -> list[str]:
     """Problems that would make TensorRT reject or mis-run the graph: [] when there are none."""
-    import onnx
-    from onnx import numpy_helper
-
     model = onnx.load(str(path))
     ops = op_types(path)
     problems = [f"random op {op} (TensorRT ignores its seed)" for op in sorted(RANDOM_OPS & set(ops))]

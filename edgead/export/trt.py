@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgead.export.kernels import gpu_arch
+
 
 def unavailable_reason() -> str | None:
     """Why no plan can be built or run here, or None when TensorRT, pycuda and a GPU are all present."""
@@ -21,20 +23,6 @@ def unavailable_reason() -> str | None:
     if gpu_arch() is None:
         return "no CUDA GPU visible (pycuda missing, no driver, or no device)"
     return None
-
-
-def gpu_arch() -> str | None:
-    """``sm_XY`` of GPU 0, or None without pycuda, a driver or a device."""
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        if cuda.Device.count() == 0:
-            return None
-        major, minor = cuda.Device(0).compute_capability()
-        return f"sm_{major}{minor}"
-    except Exception:  # ImportError, or a pycuda/driver error: no usable GPU either way
-        return None
 
 
 def build(onnx_fp32: Path, onnx_fp16: Path, plan: Path, timing_cache: Path) -> dict:
@@ -62,25 +50,37 @@ def build(onnx_fp32: Path, onnx_fp16: Path, plan: Path, timing_cache: Path) -> d
         profile.set_shape(tensor.name, tensor.shape, tensor.shape, tensor.shape)
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):  # from another GPU or TensorRT: start afresh
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {source.name}")
-    timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    built_cache = config.get_timing_cache()
+    if built_cache is not None:
+        timing_cache.write_bytes(memoryview(built_cache.serialize()))
     plan.write_bytes(memoryview(serialized))
     engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-    half, total = half_layers(engine)
+    info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
+    half, total = half_layers(info)
     if half == 0:
         raise RuntimeError(f"TensorRT built {plan.name} entirely in FP32 (0 of {total} layers in FP16); refusing it")
     return {"precision": "fp16", "tensorrt": trt.__version__, "gpu_arch": gpu_arch(), "source": source.name,
             "strongly_typed": strongly_typed, "fp16_layers": half, "layers": total}
 
 
-def half_layers(engine) -> tuple[int, int]:
-    """(layers with a half-precision output, all layers) from the engine inspector's JSON."""
-    import tensorrt as trt
+def half_layers(info: dict) -> tuple[int, int]:
+    """(layers with a half-precision output, all layers) from the engine inspector's JSON document.
 
-    info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
+    TensorRT 10 writes each output's precision into a combined ``Format/Datatype`` string ("Row major linear
+    FP16 format" / "... Half ..."); TensorRT 11 has a separate ``Datatype`` field ("Half"). Both are read.
+    """
     layers = [layer for layer in info.get("Layers", []) if isinstance(layer, dict)]
-    half = sum(any("Half" in str(o.get("Format/Datatype", "")) for o in layer.get("Outputs", [])) for layer in layers)
+
+    def is_half(output) -> bool:
+        if not isinstance(output, dict):
+            return False
+        text = f"{output.get('Format/Datatype', '')} {output.get('Datatype', '')}".lower()
+        return "half" in text or "fp16" in text
+
+    half = sum(any(is_half(o) for o in layer.get("Outputs", [])) for layer in layers)
     return half, len(layers)

@@ -9,10 +9,14 @@
 // grid of blocks; each block leaves a partial (max, argmax); the next step's blocks each reduce those few hundred
 // partials themselves (cheaper than another launch) to learn the point just selected. So one launch per selected
 // point, plus fps_finish for the last one. fps_persistent does the same in a single launch with a software grid
-// barrier; it needs all its blocks resident at once (grid <= SM count), see benchmarks/gpu_kernels.py.
+// barrier (1.3-3.7x faster on an H200, docs/performance.md); it needs all its blocks resident at once (grid <= SM
+// count). Where they are not (another process's kernels on the same SMs, say under MPS), a waiting block gives up
+// after BARRIER_CYCLES and raises an abort flag, every block leaves, and the host runs the per-step kernels instead:
+// slower, never a hang.
 
 #define FPS_THREADS 256
 #define FPS_MAX_BLOCKS 1024
+#define BARRIER_CYCLES 2000000000LL  // ~1 s at GPU clocks: far beyond any real step, short of a watchdog
 
 __device__ __forceinline__ float sqdist(const float* p, float qx, float qy, float qz) {
     float dx = __fsub_rn(p[0], qx), dy = __fsub_rn(p[1], qy), dz = __fsub_rn(p[2], qz);
@@ -89,25 +93,35 @@ extern "C" __global__ void fps_finish(const float* __restrict__ pval, const int*
     if (threadIdx.x == 0) out[m - 1] = last;
 }
 
-// Software grid barrier: `count` and `gen` start at 0. Valid only when every block of the grid is resident.
-__device__ void grid_barrier(unsigned int* count, volatile unsigned int* gen) {
+// Software grid barrier over sync = {count, generation, abort}, zeroed before the launch. Returns false once any
+// block has given up waiting (the grid is not co-resident): the caller must then leave.
+__device__ bool grid_barrier(unsigned int* sync) {
+    volatile unsigned int* gen = sync + 1;
+    volatile unsigned int* abort_flag = sync + 2;
+    __shared__ bool ok;
     __syncthreads();
     if (threadIdx.x == 0) {
         unsigned int g = *gen;
         __threadfence();
-        if (atomicAdd(count, 1u) == gridDim.x - 1) {
-            *count = 0;
+        if (atomicAdd(sync, 1u) == gridDim.x - 1) {
+            sync[0] = 0;
             __threadfence();
             atomicAdd((unsigned int*)gen, 1u);
         } else {
-            while (*gen == g) {}
+            long long t0 = clock64();
+            while (*gen == g && *abort_flag == 0u) {
+                if (clock64() - t0 > BARRIER_CYCLES) { atomicExch((unsigned int*)abort_flag, 1u); break; }
+            }
         }
         __threadfence();
+        ok = *abort_flag == 0u;
     }
     __syncthreads();
+    return ok;
 }
 
-// All m-1 steps in one launch (sync holds two zeroed unsigned ints); same partial layout as fps_step.
+// All m-1 steps in one launch (sync holds three zeroed unsigned ints, sync[2] != 0 afterwards: aborted, out is
+// invalid); same partial layout as fps_step.
 extern "C" __global__ void fps_persistent(const float* __restrict__ pts, int n, float* __restrict__ dist,
                                           float* pval, int* pidx, long long* __restrict__ out, int m, int start,
                                           unsigned int* sync) {
@@ -122,7 +136,7 @@ extern "C" __global__ void fps_persistent(const float* __restrict__ pts, int n, 
             ((volatile float*)pval)[(j & 1) * nb + blockIdx.x] = v;
             ((volatile int*)pidx)[(j & 1) * nb + blockIdx.x] = i;
         }
-        grid_barrier(sync, sync + 1);
+        if (!grid_barrier(sync)) return;
     }
     if (m > 1) last = reduce_partials(pval + ((m - 1) & 1) * nb, pidx + ((m - 1) & 1) * nb, nb);
     if (blockIdx.x == 0 && threadIdx.x == 0) out[m - 1] = last;

@@ -8,11 +8,31 @@ makes every prefix a farthest-point subsample).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn as nn
 
-from edgead.detectors.dusnet import DusNetConfig
-from edgead.losses import pairwise_sqdist
+from edgead.formats.rundir import Run
+from edgead.models.losses import pairwise_sqdist
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The network's shape. The number of centres G it runs on is the pipeline's (``groups``), passed separately."""
+
+    gamma: int = 16  # up-sampling rate: reconstructed points per centre
+    pos_dim: int = 64  # C1: centre position embedding
+    patch_dim: int = 128  # C2: PointNet patch embedding
+    width: int = 128  # C3: transformer width
+    depth: int = 3
+    heads: int = 4
+    up_dim: int = 64  # Up-Net feature width
+    up_k: int = 16  # Up-Net set-abstraction neighbours
+    down_net: bool = True  # False: the Up-Net runs on the FPS centres themselves (ablation "Down-Net -> FPS")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def mlp(*dims: int, last_act: bool = False) -> nn.Sequential:
@@ -95,7 +115,7 @@ class DownNet(nn.Module):
     without which the first ~100 steps sit on the identity plateau.
     """
 
-    def __init__(self, cfg: DusNetConfig):
+    def __init__(self, cfg: Arch):
         super().__init__()
         self.pos = mlp(3, 128, cfg.pos_dim)
         self.patch = PointNet(cfg.patch_dim)
@@ -140,10 +160,10 @@ def interpolate3(p: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Ten
 class UpNet(nn.Module):
     """Eqs. 9-11: multi-scale features of the centres (scales 1, 1/2, 1/4), fused pairwise, gamma points each."""
 
-    def __init__(self, cfg: DusNetConfig):
+    def __init__(self, cfg: Arch, groups: int):
         super().__init__()
         d, self.gamma = cfg.up_dim, cfg.gamma
-        k1, k2 = min(cfg.up_k, cfg.groups), min(cfg.up_k, max(cfg.groups // 2, 1))
+        k1, k2 = min(cfg.up_k, groups), min(cfg.up_k, max(groups // 2, 1))
         self.sa1, self.sa2 = SetAbstraction(3, d, k1), SetAbstraction(d, 2 * d, k2)
         self.conv0, self.conv1, self.conv2 = mlp(3, d, d, d, last_act=True), mlp(d, d, d, d, last_act=True), \
             mlp(2 * d, d, d, d, last_act=True)
@@ -168,9 +188,9 @@ class DusNet(nn.Module):
     input_names = ("patches", "centers")
     output_names = ("recon",)
 
-    def __init__(self, cfg: DusNetConfig):
+    def __init__(self, cfg: Arch, groups: int):
         super().__init__()
-        self.down, self.up, self.down_net = DownNet(cfg), UpNet(cfg), cfg.down_net
+        self.down, self.up, self.down_net = DownNet(cfg), UpNet(cfg, groups), cfg.down_net
 
     def centers(self, patches: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         """(B, G, K, 3), (B, G, 3) -> (B, G, 3) the centres the Up-Net starts from."""
@@ -180,14 +200,8 @@ class DusNet(nn.Module):
         return (self.up(self.centers(patches.unsqueeze(0), centers.unsqueeze(0)))[0],)
 
 
-def config_of(doc: dict) -> DusNetConfig:
-    from edgead.detectors.dusnet import Pipeline
-
-    return Pipeline.from_state(doc["pipeline"], {}).config
-
-
-def inference_graph(doc: dict, state: dict) -> DusNet:
-    model = DusNet(config_of(doc))
+def inference_graph(run: Run, state: dict) -> DusNet:
+    """The trained network of a run directory; G is its pipeline's ``groups``."""
+    model = DusNet(Arch(**run.arch), run.pipeline["config"]["groups"])
     model.load_state_dict(state)
     return model.eval()
-

@@ -28,12 +28,38 @@ noise tensor. ``inference_graph`` unrolls the latter for export: no random op an
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgead.detectors.r3dad import R3DADConfig
-from edgead.losses import paired_mse
+from edgead.formats.rundir import Run
+from edgead.models.losses import paired_mse
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The network and its diffusion. The number of points M it runs on is the pipeline's (``num_points``)."""
+
+    latent_dim: int = 256  # shape embedding c
+    hidden: tuple[int, ...] = (128, 256, 512, 256, 128)  # PointwiseNet concatenate-squash widths
+    encoder: tuple[int, ...] = (128, 128, 256, 512)  # PointNet shared-MLP widths
+    num_steps: int = 200  # T of the DDPM
+    beta_1: float = 1e-4
+    beta_T: float = 0.02
+    sample_steps: int = 10  # deterministic DDIM steps (a subsequence of the T training steps)
+    noise_seed: int = 0  # seed of the fixed start noise stored in the graph
+    patch_scale: float = 0.1  # Patch-Gen's scaling factor S (Table 4b): displacements are diffused in units of S
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "encoder", tuple(self.encoder))
+        if not 1 <= self.sample_steps <= self.num_steps:
+            raise ValueError(f"r3dad: sample_steps must be in 1..{self.num_steps}, got {self.sample_steps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class PointNetEncoder(nn.Module):
@@ -116,7 +142,7 @@ def ddim_timesteps(num_steps: int, sample_steps: int) -> list[int]:
 
 
 class R3DAD(nn.Module):
-    def __init__(self, cfg: R3DADConfig):
+    def __init__(self, cfg: Arch):
         super().__init__()
         self.cfg = cfg
         self.encoder = PointNetEncoder(cfg.encoder, cfg.latent_dim)
@@ -137,15 +163,18 @@ class R3DAD(nn.Module):
         delta = self.net(d_t, points, self.betas[t], c)
         return delta, (d_t - abar.sqrt() * delta) / (1 - abar).sqrt()
 
-    def get_loss(self, clean: torch.Tensor, anomalous: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        """Algorithm 2: (B, N, 3) clean P', (B, N, 3) Patch-Gen P_a^(0) -> scalar relative reconstruction loss."""
+    def get_loss(self, clean: torch.Tensor, anomalous: torch.Tensor, t: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Algorithm 2: (B, N, 3) clean P', (B, N, 3) Patch-Gen P_a^(0) -> scalar relative reconstruction loss.
+        ``generator`` (a CPU generator) draws t and the noise, so a resumed run draws what it would have."""
         b = clean.shape[0]
         if t is None:
-            t = torch.randint(1, self.cfg.num_steps + 1, (b,), device=clean.device)
+            t = torch.randint(1, self.cfg.num_steps + 1, (b,), generator=generator).to(clean.device)
         c = self.encoder(anomalous)
         abar = self.abar[t].view(-1, 1, 1)
         d0 = (clean - anomalous) / self.cfg.patch_scale
-        d_t = abar.sqrt() * d0 + (1 - abar).sqrt() * torch.randn_like(anomalous)
+        noise = torch.randn(anomalous.shape, generator=generator).to(anomalous.device)
+        d_t = abar.sqrt() * d0 + (1 - abar).sqrt() * noise
         delta, _ = self.predict(d_t, anomalous, t, c)
         return paired_mse(d0, delta)  # eq. 9, ||P' - (P_a + Delta_hat)||^2, in units of S
 
@@ -188,18 +217,19 @@ class InferenceGraph(nn.Module):
     input_names = ("points",)
     output_names = ("recon",)
 
-    def __init__(self, model: R3DAD):
+    def __init__(self, model: R3DAD, num_points: int):
         super().__init__()
         cfg = model.cfg
         self.model = model
         self.steps = ddim_timesteps(cfg.num_steps, cfg.sample_steps)
-        self.register_buffer("z", start_noise(cfg.num_points, cfg.noise_seed))
+        self.register_buffer("z", start_noise(num_points, cfg.noise_seed))
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor]:
         return (self.model.sample_ddim(points.unsqueeze(0), self.z, self.steps)[0],)
 
 
-def inference_graph(doc: dict, state: dict) -> nn.Module:
-    model = R3DAD(R3DADConfig(**doc["pipeline"]["config"]))
+def inference_graph(run: Run, state: dict) -> nn.Module:
+    """The trained network of a run directory, sampling on its pipeline's ``num_points``."""
+    model = R3DAD(Arch(**run.arch))
     model.load_state_dict(state)
-    return InferenceGraph(model).eval()
+    return InferenceGraph(model, run.pipeline["config"]["num_points"]).eval()

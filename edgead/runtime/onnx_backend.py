@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.detector import EdgeDetector, Runner
-from edgead.export.manifest import load_engine_pipeline
+from edgead.detectors import build_pipeline
+from edgead.formats.engine import read_engine
+from edgead.runtime.runner import Backend, Loaded, Runner
 
 THREADS_ENV = "EDGEAD_THREADS"  # intra-op threads; default: all cores
 
@@ -56,9 +57,9 @@ def make_runner(sess) -> Runner:
     return run
 
 
-def load(path: Path, device: str = "cpu", threads: int | None = None) -> EdgeDetector:
-    """An EdgeDetector on an exported ONNX engine, after checking its and its arrays' sha256 against the manifest."""
-    pipeline, doc = load_engine_pipeline(Path(path))
+def load(path: Path, device: str = "cpu", threads: int | None = None) -> Loaded:
+    """An exported ONNX engine, after checking the manifest's content hash and its files' sha256."""
+    engine = read_engine(Path(path))
+    pipeline = build_pipeline(engine.kind, engine.doc["pipeline"], engine.arrays)
     runner = make_runner(session(Path(path), device, threads))
-    return EdgeDetector(pipeline, runner, backend="onnx", name=doc.get("name", ""),
-                        model_hash=doc.get("model_hash", ""), threshold=doc.get("threshold"))
+    return Loaded(pipeline, runner, Backend.ONNX, engine.name, engine.model_hash)

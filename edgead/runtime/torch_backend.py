@@ -1,25 +1,27 @@
-"""PyTorch eager runner for run directories: the reference the exported engines are checked against."""
+"""PyTorch eager runner for run directories: the reference the exported engines are checked against.
+
+The one place on the serving side that builds networks (``edgead.models``); torch is imported only when a run
+directory with a network is loaded."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from edgead.detector import Runner
+from edgead.formats.rundir import Run
+from edgead.runtime.runner import Runner
 
 
-def load_runner(run_dir: Path, doc: dict, device: str = "cpu") -> Runner:
+def load_runner(run: Run, device: str = "cpu") -> Runner:
     import torch
 
-    from edgead.models import load_graph
+    from edgead.models import load_graph  # the sanctioned exception to the one-way rule: docs/architecture.md
 
-    graph = load_graph(run_dir, doc, device)
+    graph = load_graph(run, device)
 
     @torch.inference_mode()
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_graph(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(device) for n in graph.input_names]
         outputs = graph(*inputs)
         return {n: o.float().cpu().numpy() for n, o in zip(graph.output_names, outputs, strict=True)}
 
-    return run
+    return run_graph

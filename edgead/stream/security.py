@@ -10,10 +10,12 @@ service's public key may connect: traffic is encrypted but not access-controlled
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 
 def _keys(path) -> tuple[bytes, bytes]:
@@ -39,11 +41,32 @@ def make_client(sock: zmq.Socket, secret_file, server_public_file) -> None:
 
 def start_authenticator(ctx: zmq.Context, authorized_dir):
     """Admit only CURVE clients whose public keys are in ``authorized_dir``. Returns the running authenticator."""
-    from zmq.auth.thread import ThreadAuthenticator
-
     if not Path(authorized_dir).is_dir():
         raise FileNotFoundError(f"{authorized_dir}: no such authorized-keys directory")
     auth = ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(authorized_dir))
     return auth
+
+
+def create_keys(directory, names: list[str]) -> list[tuple[Path, Path]]:
+    """A CURVE key pair per name in ``directory`` (created if missing): ``NAME.key`` (public, world-readable) and
+    ``NAME.key_secret`` (readable by its owner only). Refuses to overwrite an existing pair. Returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name in names:
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"key name {name!r}: use letters, digits, '-' and '_' only")
+        public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+        if public.exists() or secret.exists():
+            raise FileExistsError(f"{secret}: a key pair of that name exists; remove it first to replace it")
+        old = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
+        try:
+            zmq.auth.create_certificates(directory, name)
+        finally:
+            os.umask(old)
+        secret.chmod(0o600)
+        public.chmod(0o644)
+        made.append((public, secret))
+    return made

@@ -10,8 +10,6 @@ are dropped and the scene calibration's crop keeps the part.
 
 from __future__ import annotations
 
-import argparse
-import signal
 import sys
 import threading
 import time
@@ -21,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from edgead.formats.pointcloud import PointCloudError, read_points
+from edgead.formats.scene import Scene, crop
 from edgead.stream import protocol
+from edgead.stream.security import make_client
 
 FILE_SUFFIXES = (".pcd", ".ply", ".npy", ".npz", ".txt", ".xyz")
 RECORDING_SUFFIXES = (".bag", ".db3")  # RealSense recordings: ROS1 bags, rosbag2 (what recent SDKs write)
@@ -37,8 +38,6 @@ class FramePublisher:
         self.sock.linger = 1000
         self.sock.sndhwm = 16
         if curve_secret:
-            from edgead.stream.security import make_client
-
             if not curve_server_key:
                 raise ValueError("CURVE needs the service's public key too (--curve-server-key)")
             make_client(self.sock, curve_secret, curve_server_key)
@@ -86,7 +85,8 @@ def publish(pub: FramePublisher, frames: Iterable, rate: float, stop: threading.
 class DepthToPoints:
     """Depth frame -> (N, 3) float32 points in mm: decimation and threshold filters, SDK deprojection, crop."""
 
-    def __init__(self, decimation: int = 2, min_mm: float = 100.0, max_mm: float = 2000.0, scene=None):
+    def __init__(self, decimation: int = 2, min_mm: float = 100.0, max_mm: float = 2000.0,
+                 scene: Scene | None = None):
         import pyrealsense2 as rs
 
         self.filters = []
@@ -103,8 +103,6 @@ class DepthToPoints:
         verts = np.asanyarray(self.pc.calculate(depth).get_vertices()).view(np.float32).reshape(-1, 3)
         pts = verts[verts[:, 2] > 0] * np.float32(1000.0)  # metres -> mm; depth 0 = no measurement
         if self.scene is not None:
-            from edgead.calibrate import crop
-
             pts = crop(pts, self.scene)
         return np.ascontiguousarray(pts, dtype=np.float32)
 
@@ -167,8 +165,6 @@ def file_frames(files: list[Path], loop: bool = False, to_points: DepthToPoints 
     A file that cannot be read (corrupt, truncated) is skipped with a warning naming it, as a camera drops a bad
     frame: one broken scan in a folder must not end a replay of the rest.
     """
-    from edgead.io import PointCloudError, read_points
-
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f}: no such file")
@@ -188,61 +184,3 @@ def file_frames(files: list[Path], loop: bool = False, to_points: DepthToPoints 
                 yield points, time.time()
         if not loop:
             return
-
-
-# -- CLI ---------------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="source", required=True)
-    replay = sub.add_parser("replay", help="publish recorded scans (.pcd .ply .npy ...) or RealSense recordings")
-    replay.add_argument("files", nargs="+", type=Path)
-    replay.add_argument("--rate", type=float, default=10.0, help="frames per second (0: as fast as possible)")
-    replay.add_argument("--loop", action="store_true", help="start again after the last file")
-    cam = sub.add_parser("realsense", help="publish a RealSense depth camera's points")
-    cam.add_argument("--serial", help="camera serial number (default: the first camera)")
-    cam.add_argument("--width", type=int, default=848)
-    cam.add_argument("--height", type=int, default=480)
-    cam.add_argument("--fps", type=int, default=30)
-    for q in (replay, cam):
-        q.add_argument("--pub", default="tcp://*:5555", help="endpoint to bind (default tcp://*:5555)")
-        q.add_argument("--sensor-id", default=None, help="sensor id in topics and headers (default: the source)")
-        q.add_argument("--frames", type=int, default=0, help="stop after this many frames (default: no limit)")
-        q.add_argument("--wait", type=float, default=10.0,
-                       help="seconds to wait for a subscriber before sending (0: do not wait)")
-        q.add_argument("--scene", help="scene calibration: crop RealSense points to the part")
-        q.add_argument("--decimation", type=int, default=2, help="RealSense decimation filter magnitude")
-        q.add_argument("--min-mm", type=float, default=100.0, help="RealSense threshold filter: nearest depth")
-        q.add_argument("--max-mm", type=float, default=2000.0, help="RealSense threshold filter: farthest depth")
-        q.add_argument("--curve-secret", help="this sensor's CURVE secret key file")
-        q.add_argument("--curve-server-key", help="the service's CURVE public key file")
-
-
-def main(args: argparse.Namespace) -> int:
-    scene = None
-    if args.scene:
-        from edgead.calibrate import load_scene
-
-        scene = load_scene(args.scene)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    if args.source == "replay":
-        to_points = None
-        if any(f.suffix.lower() in RECORDING_SUFFIXES for f in args.files):
-            to_points = DepthToPoints(args.decimation, args.min_mm, args.max_mm, scene)
-        frames, rate, pipe = file_frames(args.files, args.loop, to_points), args.rate, None
-    else:
-        pipe = open_camera(args.serial, width=args.width, height=args.height, fps=args.fps)
-        frames, rate = realsense_frames(pipe, DepthToPoints(args.decimation, args.min_mm, args.max_mm, scene)), 0
-    pub = FramePublisher(args.pub, args.sensor_id or args.source, curve_secret=args.curve_secret,
-                         curve_server_key=args.curve_server_key)
-    print(f"edgead sensor: publishing {pub.sensor_id} frames on {pub.endpoint}", file=sys.stderr, flush=True)
-    try:
-        if args.wait > 0 and not pub.wait_subscriber(args.wait):
-            print(f"edgead sensor: no subscriber after {args.wait:g} s; sending anyway", file=sys.stderr)
-        n = publish(pub, frames, rate, stop, args.frames)
-    finally:
-        if pipe is not None:
-            pipe.stop()
-        pub.close()
-    print(f"edgead sensor: sent {n} frames", file=sys.stderr)
-    return 0

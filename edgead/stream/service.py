@@ -16,24 +16,22 @@ everything queued and closes with a linger so results reach subscribers.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import queue
-import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from edgead.detector import MAX_POINTS, NotInspected
+from edgead.detectors import NotInspected
+from edgead.formats.scene import crop, read_scene
+from edgead.runtime import MAX_POINTS
 from edgead.stream import protocol
 from edgead.stream.regions import anomalous_regions
+from edgead.stream.security import make_server, start_authenticator
 
 POLICIES = ("latest", "every")
 RECONNECT_GRACE_S = 0.2  # after a disconnect, how long ZeroMQ has to schedule its own reconnect
@@ -146,11 +144,7 @@ class Service:
     def __init__(self, detector, cfg: ServiceConfig, ctx: zmq.Context | None = None):
         self.det, self.cfg = detector, cfg
         self.ctx = ctx or zmq.Context.instance()
-        self.scene = None
-        if cfg.scene:
-            from edgead.calibrate import load_scene
-
-            self.scene = load_scene(cfg.scene)
+        self.scene = read_scene(cfg.scene) if cfg.scene else None
         self.model = protocol.Model(detector.name, detector.model_hash, detector.backend)
         self.buffer = FrameBuffer(cfg.policy, cfg.queue)
         self.out: queue.Queue = queue.Queue()
@@ -167,8 +161,6 @@ class Service:
         sock = self.ctx.socket(kind)
         sock.linger = self.cfg.linger_ms
         if self.cfg.curve_secret:
-            from edgead.stream.security import make_server
-
             make_server(sock, self.cfg.curve_secret)
         return sock
 
@@ -196,11 +188,7 @@ class Service:
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set. Runs the worker in the calling thread. Raises ServiceFailure when a thread
         died (the service stops with it), ValueError when the endpoints cannot be used."""
-        auth = None
-        if self.cfg.curve_authorized:
-            from edgead.stream.security import start_authenticator
-
-            auth = start_authenticator(self.ctx, self.cfg.curve_authorized)
+        auth = start_authenticator(self.ctx, self.cfg.curve_authorized) if self.cfg.curve_authorized else None
         sub, pub = self._socket(zmq.SUB), self._socket(zmq.PUB)
         sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         sub.rcvhwm = 64
@@ -346,8 +334,6 @@ class Service:
             t1 = time.perf_counter()
             timings["decode"] = (t1 - t0) * 1e3
             if self.scene is not None:
-                from edgead.calibrate import crop
-
                 points = crop(points, self.scene)
                 timings["crop"] = (time.perf_counter() - t1) * 1e3
             det = self.det.detect(points)
@@ -387,74 +373,3 @@ class Service:
                 latency_ms={f"p{q}": (float(np.percentile(lat, q)) if lat is not None else None) for q in (50, 95, 99)},
                 policy=self.cfg.policy, queue=self.cfg.queue if self.cfg.policy == "every" else 1, model=self.model,
                 healthy=self.healthy())
-
-
-# -- CLI -------------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", help="run directory, .onnx or .plan engine")
-    p.add_argument("--sub", help="sensor endpoint to connect to (default tcp://127.0.0.1:5555)")
-    p.add_argument("--pub", help="endpoint to bind for results and status (default tcp://127.0.0.1:5556; "
-                   "tcp://*:5556 for every interface)")
-    p.add_argument("--config", type=Path, help="JSON file with any of these options (command line wins)")
-    p.add_argument("--threshold", help="decision threshold: a number or a calibration file")
-    p.add_argument("--scene", help="scene calibration file: crop the raw cloud to the part")
-    p.add_argument("--policy", choices=POLICIES, help="latest (drop stale frames, default) or every (bounded queue)")
-    p.add_argument("--queue", type=int, help="queue length of the every policy (default 8)")
-    p.add_argument("--point-scores", action="store_true", default=None, help="add per-point scores to results")
-    p.add_argument("--region-radius", type=float, help="mm linking anomalous points into regions (default: auto)")
-    p.add_argument("--max-points", type=int, help=f"reject larger frames (default {MAX_POINTS})")
-    p.add_argument("--status-interval", type=float, help="seconds between status messages (default 1)")
-    p.add_argument("--device", help="cpu or cuda (run directories and ONNX)")
-    p.add_argument("--curve-secret", help="the service's CURVE secret key file (enables encryption)")
-    p.add_argument("--curve-authorized", help="directory of client public keys allowed to connect")
-
-
-def config_from_args(args: argparse.Namespace) -> ServiceConfig:
-    values: dict = {}
-    if args.config:
-        try:
-            values = json.loads(Path(args.config).read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{args.config}: cannot read service config ({exc})") from exc
-        unknown = set(values) - {f.name for f in fields(ServiceConfig)}
-        if unknown:
-            raise ValueError(f"{args.config}: unknown options {', '.join(sorted(unknown))}")
-    values.update({f.name: getattr(args, f.name) for f in fields(ServiceConfig)
-                   if getattr(args, f.name, None) is not None})
-    cfg = ServiceConfig(**values)
-    if not cfg.engine:
-        raise ValueError("an engine is needed: --engine PATH (or 'engine' in --config)")
-    return cfg
-
-
-def threshold_arg(value):
-    """A number stays a number; anything else is a calibration file path."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def main(args: argparse.Namespace) -> int:
-    from edgead.detector import EdgeDetector
-
-    cfg = config_from_args(args)
-    det = EdgeDetector.load(cfg.engine, threshold=threshold_arg(cfg.threshold), device=cfg.device)
-    service = Service(det, cfg)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    ready = threading.Thread(target=lambda: service.ready.wait() and print(
-        f"edgead serve: {det.name} ({det.backend}, threshold {det.threshold}) policy {cfg.policy}; frames from "
-        f"{cfg.sub}; results on {service.pub_endpoint}", file=sys.stderr, flush=True), daemon=True)
-    ready.start()
-    try:
-        service.run(stop)
-    except ServiceFailure as exc:
-        print(f"edgead serve: stopped on a failure: {exc}", file=sys.stderr)
-        return 1
-    s = service.status()
-    print(f"edgead serve: stopped; {s['frames_in']} frames in, {s['frames_out']} results out, {s['dropped']} "
-          f"dropped, {s['errors']} errors", file=sys.stderr)
-    return 0
-

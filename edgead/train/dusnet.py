@@ -7,12 +7,8 @@ augmented samples are drawn once per run into a pool; Noise-Gen draws fresh nois
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,28 +16,59 @@ import torch
 from tqdm import tqdm
 
 from edgead import ops
-from edgead.detectors import save_pipeline
-from edgead.detectors.dusnet import DusNetConfig, Pipeline, preset, score_points
-from edgead.losses import chamfer, emd, paired_cosine, paired_mse, repulsion
-from edgead.models import WEIGHTS
-from edgead.models.dusnet import DusNet, gather, knn_idx, noise_gen
+from edgead.detectors import Kind
+from edgead.detectors.dusnet import Config, Distance, Pipeline, score_points
+from edgead.formats.rundir import WEIGHTS, write_run
+from edgead.models.dusnet import Arch, DusNet, gather, knn_idx, noise_gen
+from edgead.models.losses import chamfer, emd, paired_cosine, paired_mse, repulsion
+from edgead.train.common import (
+    Preset,
+    TrainLog,
+    TrainOptions,
+    choose,
+    cosine_lr,
+    load_checkpoint,
+    load_init,
+    save_checkpoint,
+    seeded,
+    set_lr,
+)
 
 REF_POINTS = 4096  # training-reference points stored for ICP alignment
 CKPT_EVERY = 100  # steps between checkpoints (and at the end of each stage)
 
 
-def random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    """A rotation about a random axis by at most ``max_deg`` degrees. -> (3, 3) float32."""
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    a = np.deg2rad(rng.uniform(-max_deg, max_deg))
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return (np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k).astype(np.float32)
+@dataclass(frozen=True)
+class TrainConfig:
+    alpha: float = 0.08  # Noise-Gen std on centres (normalised units)
+    beta: float = 0.15  # Noise-Gen std on neighbours (normalised units)
+    emd_eps: float = 0.1  # per-patch Sinkhorn: entropy (relative to the mean cost) and iterations
+    emd_iters: int = 10
+    steps_down: int = 2000  # measured (docs/dusnet.md): 200 + 100 steps left points at chance; ~330 s on 2 cores
+    steps_up: int = 1000
+    batch: int = 4
+    lr: float = 1e-3
+    pool: int = 96  # augmented training samples generated per run (Noise-Gen adds fresh noise every step)
+
+
+PRESETS = {
+    "cpu": Preset(Config(), Arch(), TrainConfig()),
+    "paper": Preset(Config(groups=8192, group_size=512, thin=0, score=Distance.POINT, score_voxel=0.0),
+                    Arch(gamma=8, pos_dim=384, patch_dim=384, width=384, depth=4, heads=6, up_dim=128, up_k=32),
+                    TrainConfig(steps_down=20000, steps_up=20000, batch=4, pool=256)),
+    "tiny": Preset(Config(groups=64, group_size=16, thin=2048, icp_points=512),
+                   Arch(gamma=8, pos_dim=16, patch_dim=32, width=32, depth=1, heads=2, up_dim=16, up_k=8),
+                   TrainConfig(steps_down=30, steps_up=30, lr=3e-3, pool=8)),
+}
+
+
+def preset(name: str) -> Preset:
+    return choose(PRESETS, name, "dusnet")
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, crop_p: float = 0.3) -> np.ndarray:
     """Pose jitter (ICP residuals), scale jitter, random thinning and, with probability crop_p, a one-sided view."""
-    x = x @ random_rotation(rng, 5.0).T * rng.uniform(0.95, 1.05) + rng.normal(0, 0.02, 3)
+    x = x @ ops.random_rotation(rng, np.radians(5.0)).T * rng.uniform(0.95, 1.05) + rng.normal(0, 0.02, 3)
     if rng.random() < crop_p:  # keep the half seen from a random direction (+ a margin): a one-sided scan
         v = rng.normal(size=3)
         keep = x @ (v / np.linalg.norm(v)) > rng.uniform(-0.4, 0.0)
@@ -62,7 +89,7 @@ def make_pool(pipe: Pipeline, frames: list[np.ndarray], n: int, rng: np.random.G
     return {"patches": torch.from_numpy(np.stack(patches)), "centers": torch.from_numpy(np.stack(centers))}
 
 
-def down_losses(model: DusNet, batch: dict, cfg: DusNetConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def down_losses(model: DusNet, batch: dict, cfg: TrainConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Eqs. 5-8 on one batch of Noise-Gen patches: L_MSE + L_COS + L_CD between clean and predicted centres."""
     noisy_p, noisy_c = noise_gen(batch["patches"], batch["centers"], cfg.alpha, cfg.beta, gen)
     pred = model.down(noisy_p, noisy_c)
@@ -71,19 +98,19 @@ def down_losses(model: DusNet, batch: dict, cfg: DusNetConfig, gen: torch.Genera
     return {"loss": sum(parts.values()), **parts}
 
 
-def up_losses(model: DusNet, centers: torch.Tensor, batch: dict, cfg: DusNetConfig, h: float) -> dict:
+def up_losses(model: DusNet, centers: torch.Tensor, batch: dict, cfg: TrainConfig, gamma: int, h: float) -> dict:
     """Eqs. 12-14 on one batch: L_REP + L_EMD between the reconstruction and the patch points P_G.
 
     Both are local, per centre: EMD matches each centre's gamma points to the K points of its patch (Sinkhorn,
-    see :func:`edgead.losses.emd`), repulsion acts among the points of a centre and its 3 nearest centres.
+    see :func:`edgead.models.losses.emd`), repulsion acts among the points of a centre and its 3 nearest centres.
     """
     b, g, k, _ = batch["patches"].shape
-    recon = model.up(centers).view(b, g, cfg.gamma, 3)
+    recon = model.up(centers).view(b, g, gamma, 3)
     truth = batch["patches"] + batch["centers"].unsqueeze(2)
-    l_emd = emd(recon.reshape(b * g, cfg.gamma, 3), truth.reshape(b * g, k, 3), eps=cfg.emd_eps, iters=cfg.emd_iters)
+    l_emd = emd(recon.reshape(b * g, gamma, 3), truth.reshape(b * g, k, 3), eps=cfg.emd_eps, iters=cfg.emd_iters)
     _, near = knn_idx(centers, centers, min(4, g))
-    local = gather(recon.reshape(b, g, cfg.gamma * 3), near).reshape(b * g, -1, 3)  # own points come first
-    l_rep = repulsion(recon.reshape(b * g, cfg.gamma, 3), min(4, local.shape[1] - 1), h, local)
+    local = gather(recon.reshape(b, g, gamma * 3), near).reshape(b * g, -1, 3)  # own points come first
+    l_rep = repulsion(recon.reshape(b * g, gamma, 3), min(4, local.shape[1] - 1), h, local)
     return {"loss": l_rep + l_emd, "rep": l_rep, "emd": l_emd}
 
 
@@ -103,122 +130,96 @@ def fit_baseline(pipe: Pipeline, model: DusNet, frames: list[np.ndarray], k: int
         patches, centers = pipe.group(x)
         (recon,) = model(torch.from_numpy(patches), torch.from_numpy(centers))
         s = score_points(x, recon.cpu().numpy(), pipe.config.score, pipe.config.normal_k) * pipe.normalization.scale
-        _, idx = ops.knn(pipe.reference, x, min(k, len(x)))
+        idx = ops.knn(pipe.reference, x, min(k, len(x))).idx
         total += s[idx].mean(1)
     return (total / len(frames)).astype(np.float32)
 
 
-def model_hash(state: dict) -> str:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return hashlib.sha256(buf.getvalue()).hexdigest()
-
-
-def load_init(path: Path) -> dict:
-    """A state dict from a checkpoint (``{"model": ...}``) or a run's weights.pt."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj["model"] if "model" in obj else obj
-
-
-def fit_pipeline(clouds: list[np.ndarray], cfg: DusNetConfig) -> tuple[Pipeline, list[np.ndarray]]:
+def fit_pipeline(clouds: list[np.ndarray], cfg: Config) -> tuple[Pipeline, list[np.ndarray]]:
     """Normalisation and ICP reference from the normal scans; returns the pipeline and the scans in its frame."""
-    pipe = Pipeline(cfg, ops.Normalization.fit(clouds))
-    first = pipe.to_model_frame(clouds[0])  # no reference yet: centred and scaled only
-    ref = first[ops.farthest_point_sample(first, min(REF_POINTS, len(first)))]
-    pipe = Pipeline(cfg, pipe.normalization, ref)
+    norm = ops.Normalization.fit(clouds)
+    first = norm.apply(clouds[0], ops.bbox_center(clouds[0]))  # no reference yet: centred and scaled only
+    pipe = Pipeline(cfg, norm, first[ops.farthest_point_sample(first, min(REF_POINTS, len(first)))])
     return pipe, [pipe.thin(pipe.to_model_frame(c)) for c in clouds]
 
 
-def train(clouds: list[np.ndarray], out: Path, opts, config: DusNetConfig | None = None) -> None:
-    """Train on normal clouds (sensor units) and write the run directory ``out``.
+def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Preset | None = None) -> str:
+    """Train on normal clouds (sensor units) and write the run directory ``out``; returns its model hash.
 
-    ``config`` replaces the preset named in ``opts`` (the ablation benchmark trains variants this way).
+    ``setting`` replaces the preset named in ``opts`` (the ablation benchmark trains variants this way).
     """
     if not clouds:
         raise ValueError("dusnet: no training clouds")
     clouds = [np.asarray(c, dtype=np.float32) for c in clouds]
-    cfg = config or preset(opts.preset)
+    setting = setting or preset(opts.preset)
+    tc = setting.train
     if opts.steps is not None:
-        cfg = replace(cfg, steps_down=opts.steps, steps_up=opts.steps)
-    if not cfg.down_net:
-        cfg = replace(cfg, steps_down=0)
-    torch.manual_seed(opts.seed)
-    rng = np.random.default_rng(opts.seed)
-    gen = torch.Generator().manual_seed(opts.seed)
+        tc = replace(tc, steps_down=opts.steps, steps_up=opts.steps)
+    if not setting.arch.down_net:
+        tc = replace(tc, steps_down=0)
+    rng, gen = seeded(opts.seed)
     device = torch.device(opts.device)
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out / "train_log.jsonl"
-
     t0, c0 = time.time(), time.process_time()  # wall and CPU time (the CPU time is the budget on a shared host)
-    pipe, frames = fit_pipeline(clouds, cfg)
-    pool = make_pool(pipe, frames, cfg.pool, rng)
-    model = DusNet(cfg)
+    pipe, frames = fit_pipeline(clouds, setting.pipeline)
+    pool = make_pool(pipe, frames, tc.pool, rng)
+    model = DusNet(setting.arch, setting.pipeline.groups)
     if opts.init is not None:
-        model.load_state_dict(load_init(Path(opts.init)))
-    model.to(device)
-    stages = [("down", cfg.steps_down), ("up", cfg.steps_up)]
+        model.load_state_dict(load_init(opts.init))
+    stages = [("down", tc.steps_down, model.down), ("up", tc.steps_up, model.up)]
     stage_i, step = 0, 0
-    opt = torch.optim.Adam(model.down.parameters(), lr=cfg.lr)
-    if opts.resume and (ckpt_dir / "last.pt").exists():
-        ck = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
+    ck = load_checkpoint(out, model, rng, gen) if opts.resume else None
+    if ck is not None:
         stage_i, step = ck["stage"], ck["step"]
-        opt = torch.optim.Adam((model.down if stage_i == 0 else model.up).parameters(), lr=cfg.lr)
-        opt.load_state_dict(ck["opt"])
-        gen.manual_seed(opts.seed + 7919 * (stage_i * 100003 + step))
-    elif not opts.resume:
-        log_path.write_text("")
-
-    def save_ckpt(stage_i: int, step: int) -> None:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "stage": stage_i, "step": step},
-                   ckpt_dir / "last.pt")
+    model.to(device)
+    optimizer = torch.optim.Adam(stages[min(stage_i, 1)][2].parameters(), lr=tc.lr)
+    if ck is not None:
+        optimizer.load_state_dict(ck["optimizer"])
+    offsets = [0, tc.steps_down]  # the log counts steps over both stages
+    log = TrainLog(out, offsets[min(stage_i, 1)] + step if ck is not None else None)
 
     pool = {k: v.to(device) for k, v in pool.items()}
-    pred_centers, h = None, 0.0
-    with log_path.open("a") as log:
-        while stage_i < len(stages):
-            name, total = stages[stage_i]
-            if name == "up":
-                model.down.eval().requires_grad_(False)
-                with torch.no_grad():  # the frozen Down-Net's noise-free centres, as at inference
-                    pred_centers = torch.cat([model.centers(pool["patches"][i: i + 8], pool["centers"][i: i + 8])
-                                              for i in range(0, cfg.pool, 8)])
-                h = spacing(pool["centers"], cfg.gamma)
-            bar = tqdm(range(step, total), desc=f"dusnet {name}-net", disable=not opts.progress, initial=step,
-                       total=total)
-            for step in bar:
-                sel = torch.randint(cfg.pool, (cfg.batch,), generator=gen)
-                batch = {k: v[sel] for k, v in pool.items()}
-                if name == "down":
-                    losses = down_losses(model, batch, cfg, gen)
-                else:
-                    losses = up_losses(model, pred_centers[sel], batch, cfg, h)
-                for group in opt.param_groups:  # cosine decay, a pure function of the step (resume-safe)
-                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
-                opt.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                opt.step()
-                vals = {k: round(v.item(), 6) for k, v in losses.items()}
-                bar.set_postfix(loss=vals["loss"])
-                if step % 10 == 0 or step == total - 1:
-                    log.write(json.dumps({"stage": name, "step": step, **vals, "time_s": round(time.time() - t0, 2),
-                                         "cpu_s": round(time.process_time() - c0, 2)})
-                              + "\n")
-                    log.flush()
-                if (step + 1) % CKPT_EVERY == 0:
-                    save_ckpt(stage_i, step + 1)
-            stage_i, step = stage_i + 1, 0
-            opt = torch.optim.Adam(model.up.parameters(), lr=cfg.lr)
-            save_ckpt(stage_i, 0)
+    h = 0.0
+    while stage_i < len(stages):
+        name, total, net = stages[stage_i]
+        if name == "up":
+            model.down.eval().requires_grad_(False)
+            with torch.no_grad():  # the frozen Down-Net's noise-free centres, as at inference
+                pred_centers = torch.cat([model.centers(pool["patches"][i: i + 8], pool["centers"][i: i + 8])
+                                          for i in range(0, tc.pool, 8)])
+            h = spacing(pool["centers"], setting.arch.gamma)
+        bar = tqdm(range(step, total), desc=f"dusnet {name}-net", disable=not opts.progress, initial=step,
+                   total=total)
+        for step in bar:
+            sel = torch.randint(tc.pool, (tc.batch,), generator=gen)
+            batch = {k: v[sel] for k, v in pool.items()}
+            if name == "down":
+                losses = down_losses(model, batch, tc, gen)
+            else:
+                losses = up_losses(model, pred_centers[sel], batch, tc, setting.arch.gamma, h)
+            set_lr(optimizer, cosine_lr(step, total, tc.lr))
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            vals = {k: round(v.item(), 6) for k, v in losses.items()}
+            bar.set_postfix(loss=vals["loss"])
+            if step % 10 == 0 or step == total - 1:
+                log.write({"stage": name, "step": offsets[stage_i] + step + 1, **vals,
+                           "time_s": round(time.time() - t0, 2), "cpu_s": round(time.process_time() - c0, 2)})
+            if (step + 1) % CKPT_EVERY == 0:
+                save_checkpoint(out, model, optimizer, stage=stage_i, step=step + 1, rng=rng, gen=gen)
+        stage_i, step = stage_i + 1, 0
+        if stage_i < len(stages):
+            optimizer = torch.optim.Adam(stages[stage_i][2].parameters(), lr=tc.lr)
+        save_checkpoint(out, model, optimizer, stage=stage_i, step=0, rng=rng, gen=gen)
+    log.close()
 
     model.cpu()
-    pipe = Pipeline(cfg, pipe.normalization, pipe.reference, fit_baseline(pipe, model, frames))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, out / WEIGHTS)
-    info = {"preset": opts.preset, "seed": opts.seed, "device": str(device), "steps_down": cfg.steps_down,
-            "steps_up": cfg.steps_up, "n_clouds": len(clouds), "repulsion_h": h, "time_s": round(time.time() - t0, 1),
-            "cpu_s": round(time.process_time() - c0, 1),
-            "init": str(opts.init) if opts.init else None, "config": asdict(cfg)}
-    save_pipeline(pipe, out / "model.json", out / "pipeline.npz",
-                  extra={"name": "dusnet", "model_hash": model_hash(state), "train": info})
+    pipe = Pipeline(setting.pipeline, pipe.normalization, pipe.reference, fit_baseline(pipe, model, frames))
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(out) / WEIGHTS)
+    meta, arrays = pipe.state()
+    info = {"preset": opts.preset, "seed": opts.seed, "device": str(device), "steps_down": tc.steps_down,
+            "steps_up": tc.steps_up, "n_clouds": len(clouds), "repulsion_h": h, "time_s": round(time.time() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1), "init": str(opts.init) if opts.init else None,
+            "config": asdict(tc)}
+    return write_run(out, kind=Kind.DUSNET.value, pipeline=meta, arrays=arrays, arch=setting.arch.to_dict(),
+                     train=info, files=(WEIGHTS,))

@@ -1,8 +1,8 @@
 """Point-cloud files: read PCD, PLY, NPY/NPZ and TXT; write PCD and PLY.
 
 Every reader returns points as an ``(N, 3)`` float32 array in the file's units. Rows of organised clouds that the
-sensor could not measure stay in the array as NaN: callers decide what to drop (:mod:`edgead.data` drops them,
-:class:`~edgead.detector.EdgeDetector` reports them as ``n_dropped``).
+sensor could not measure stay in the array as NaN: callers decide what to drop (:mod:`edgead.formats.dataset` drops
+them, :class:`~edgead.runtime.EdgeDetector` reports them as ``n_dropped``).
 
 Anything wrong with a file (missing, truncated, bad header, unknown type, no x/y/z, ...) raises
 :class:`PointCloudError`, a ``ValueError`` whose message starts with the file's path and names the problem.
@@ -31,6 +31,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import lzf
 import numpy as np
 
 __all__ = ["PointCloudError", "read_points", "read_labeled", "write_pcd", "write_ply", "SUFFIXES"]
@@ -125,8 +126,6 @@ def write_pcd(path, points, fmt: str = "binary", labels=None) -> None:
     elif fmt == "binary":
         body = arr.tobytes()
     else:
-        import lzf
-
         raw = b"".join(np.ascontiguousarray(arr[name]).tobytes() for name in fields)  # column-major, as PCL
         packed = lzf.compress(raw, len(raw) + len(raw) // 16 + 64) if raw else b""
         if packed is None:  # pragma: no cover - the bound above always holds for LZF
@@ -369,8 +368,6 @@ def _pcd_ascii(path, body: bytes, rec: np.dtype, npts: int) -> np.ndarray:
 
 
 def _pcd_compressed(path, body: memoryview, rec: np.dtype, npts: int) -> np.ndarray:
-    import lzf
-
     if len(body) < 8:
         raise PointCloudError(path, "truncated data: no binary_compressed size header")
     csize, usize = struct.unpack("<II", body[:8])

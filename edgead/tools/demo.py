@@ -1,6 +1,6 @@
-"""``edgead demo``: the whole streaming job on one machine, with nothing to install, train or plug in.
+"""The whole streaming job on one machine, with nothing to install, train or plug in (``edgead demo``).
 
-A replay sensor publishes synthetic parts (``edgead.synth``: good ones and ones with surface defects) over ZeroMQ,
+A replay sensor publishes synthetic parts (``edgead.tools.synth``: good ones and ones with surface defects) over ZeroMQ,
 ``edgead serve``'s :class:`~edgead.stream.service.Service` runs the demo engine shipped in ``engines/demo`` with the
 threshold in ``calibration/demo_threshold.json``, and a subscriber prints each result as it arrives. All three talk
 over real loopback sockets, exactly as separate processes on a line would. ``engines/make_demo.py`` rebuilds the
@@ -9,7 +9,7 @@ engine and its calibration.
 
 from __future__ import annotations
 
-import argparse
+import shutil
 import sys
 import tempfile
 import threading
@@ -18,7 +18,15 @@ from pathlib import Path
 
 import zmq
 
+from edgead.formats.rundir import is_run_dir
+from edgead.formats.threshold import write_threshold
+from edgead.runtime import EdgeDetector
 from edgead.stream import protocol
+from edgead.stream.sensors import FramePublisher, publish
+from edgead.stream.service import Service, ServiceConfig
+from edgead.tools import synth
+from edgead.tools.calibrate import calibrate_threshold
+from edgead.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "engines" / "demo"
@@ -27,23 +35,17 @@ CATEGORY, N_POINTS = "hex_bolt", 16000  # the demo part and its scan density
 TRAIN_SCANS, CALIBRATION_SEED, DEMO_SEED = 4, 1, 2
 
 
-def demo_scan(kind: str, seed: int, index: int):
-    """One synthetic test scan of the demo part (``kind`` "good" or a defect type) -> edgead.synth.Scan."""
-    from edgead import synth
-
+def demo_scan(kind: str, seed: int, index: int) -> synth.Scan:
+    """One synthetic test scan of the demo part (``kind`` "good" or a defect type)."""
     return synth.make_scan(CATEGORY, kind, seed=seed, index=index, split="test", n_points=N_POINTS)
 
 
 def demo_kinds(n: int) -> list[str]:
     """Two good parts, then a defective one of each type in turn: 1 in 3 is defective."""
-    from edgead.synth import DEFECT_TYPES
-
-    return ["good" if i % 3 != 2 else DEFECT_TYPES[(i // 3) % len(DEFECT_TYPES)] for i in range(n)]
+    return ["good" if i % 3 != 2 else synth.DEFECT_TYPES[(i // 3) % len(synth.DEFECT_TYPES)] for i in range(n)]
 
 
 def train_scans() -> list:
-    from edgead import synth
-
     return [synth.make_scan(CATEGORY, "good", seed=0, index=i, split="train", n_points=N_POINTS).points
             for i in range(TRAIN_SCANS)]
 
@@ -69,42 +71,24 @@ def format_result(r: dict) -> str:
     return line + f"  {r['latency_ms'].get('total', 0):.0f} ms"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=int, default=12, help="parts to replay (default 12)")
-    p.add_argument("--rate", type=float, default=2.0, help="parts per second (default 2)")
-    p.add_argument("--engine", type=Path, help=f"engine to serve (default {ENGINE.relative_to(ROOT)})")
-    p.add_argument("--threshold", help=f"threshold or calibration file (default {THRESHOLD.relative_to(ROOT)})")
-    p.add_argument("--seed", type=int, default=DEMO_SEED, help="synthetic parts seed")
-    p.add_argument("--policy", choices=("latest", "every"), default="every")
-
-
 def build_demo_engine(engine: Path, threshold_file: Path, n_calibration: int = 30) -> dict:
     """Fit the template demo engine on synthetic good parts and its F1-optimal threshold on held-out synthetic scans
     (good and defective, a seed the demo does not replay). Returns the threshold calibration document."""
-    import json
-    import shutil
-
-    from edgead.calibrate import calibrate_threshold
-    from edgead.detector import EdgeDetector
-    from edgead.train import train
-
     shutil.rmtree(engine, ignore_errors=True)
     train("template", train_scans(), engine)
     scans = [(kind, demo_scan(kind, CALIBRATION_SEED, i).points) for i, kind in enumerate(demo_kinds(n_calibration))]
     doc = calibrate_threshold(EdgeDetector.load(engine), [p for k, p in scans if k == "good"],
                               [p for k, p in scans if k != "good"])
-    threshold_file.parent.mkdir(parents=True, exist_ok=True)
-    threshold_file.write_text(json.dumps({**doc, "engine": engine.name}, indent=2))
+    doc["engine"] = engine.name
+    write_threshold(threshold_file, doc)
     return doc
 
 
-def load_engine(args):
-    from edgead.detector import EdgeDetector
-    from edgead.stream.service import threshold_arg
-
-    engine, threshold = args.engine, threshold_arg(args.threshold)
+def load_engine(engine: Path | None, threshold) -> EdgeDetector:
+    """The demo engine and threshold, or the given ones (an install without the repository's engines/ builds the
+    demo engine in a temporary folder first)."""
     if engine is None:
-        if not (ENGINE / "model.json").exists():  # an install without the repository's engines/: build it now
+        if not is_run_dir(ENGINE):
             tmp = Path(tempfile.mkdtemp(prefix="edgead-demo-"))
             print(f"edgead demo: {ENGINE} not found; building the demo engine in {tmp} (seconds)", file=sys.stderr)
             build_demo_engine(tmp / "demo", tmp / "demo_threshold.json")
@@ -115,17 +99,16 @@ def load_engine(args):
     return EdgeDetector.load(engine, threshold=threshold)
 
 
-def main(args: argparse.Namespace) -> int:
-    from edgead.stream.sensors import FramePublisher, publish
-    from edgead.stream.service import Service, ServiceConfig
-
-    if args.frames < 1:
-        raise ValueError(f"--frames must be at least 1, got {args.frames}")
-    det = load_engine(args)
+def run_demo(frames: int, rate: float, engine: Path | None = None, threshold=None, seed: int = DEMO_SEED,
+             policy: str = "every") -> int:
+    """Replay ``frames`` synthetic parts at ``rate`` per second through a service and print each result."""
+    if frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {frames}")
+    det = load_engine(engine, threshold)
     ctx = zmq.Context()
     sensor = FramePublisher("tcp://127.0.0.1:*", "demo", ctx)
     service = Service(det, ServiceConfig(engine=str(det.name), sub=sensor.endpoint, pub="tcp://127.0.0.1:*",
-                                         policy=args.policy, queue=max(8, args.frames)), ctx)
+                                         policy=policy, queue=max(8, frames)), ctx)
     stop = threading.Event()
     serving = threading.Thread(target=service.run, args=(stop,), name="edgead-service", daemon=True)
     serving.start()
@@ -134,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
     client.subscribe(b"")
     service.ready.wait(10)
     client.connect(service.pub_endpoint)
-    print(f"edgead demo: {args.frames} synthetic {CATEGORY} parts at {args.rate:g}/s -> {det.name} "
+    print(f"edgead demo: {frames} synthetic {CATEGORY} parts at {rate:g}/s -> {det.name} "
           f"({det.backend}, threshold {det.threshold}) on {sensor.endpoint} -> results on {service.pub_endpoint}")
     results, status, t0 = [], None, time.monotonic()
     try:
@@ -145,10 +128,10 @@ def main(args: argparse.Namespace) -> int:
                 topic, msg = protocol.decode_message(client.recv_multipart())
                 status = msg if topic == protocol.STATUS_TOPIC else None
         sensor.wait_subscriber(10)
-        sending = threading.Thread(target=publish, args=(sensor, demo_frames(args.frames, args.seed), args.rate,
+        sending = threading.Thread(target=publish, args=(sensor, demo_frames(frames, seed), rate,
                                                          stop), name="edgead-sensor", daemon=True)
         sending.start()
-        deadline = time.monotonic() + 30 + args.frames * (1 / max(args.rate, 0.1) + 2)
+        deadline = time.monotonic() + 30 + frames * (1 / max(rate, 0.1) + 2)
         while time.monotonic() < deadline:
             sent_all = not sending.is_alive()
             if sent_all and len(results) + service.buffer.dropped >= sensor.seq:

@@ -8,15 +8,14 @@ Timing is the median and 95th percentile of each stage of ``DetectionResult.timi
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgead import metrics
+from edgead.formats.dataset import find_categories, load_test
+from edgead.tools import metrics
 
 METRICS = ("o_auroc", "o_aupr", "p_auroc", "p_aupr")
 STAGES = ("preprocess", "network", "postprocess", "total")
@@ -117,8 +116,6 @@ def report(detector, runs: list[CategoryRun], data_dir) -> dict:
 
 def run_all(detector, data_dir) -> list[CategoryRun]:
     """Every category under ``data_dir`` (a category directory or a root of categories)."""
-    from edgead.data import find_categories, load_test
-
     cats = find_categories(Path(data_dir))
     if not cats:
         raise ValueError(f"{data_dir}: no test categories found")
@@ -202,27 +199,3 @@ def plot(runs: list[CategoryRun], rep: dict, path: Path, max_categories: int = 3
                  f"P-AUROC {_fmt(rep['mean']['p_auroc'])}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help="run directory, .onnx or .plan engine (anything EdgeDetector.load takes)")
-    p.add_argument("--data", required=True, type=Path, help="category directory or a root of category directories")
-    p.add_argument("--json", type=Path, help="write the full report (metrics, per-scan scores, timing) here")
-    p.add_argument("--plot", type=Path, help="write ROC curves and score heat maps to this PNG")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-
-
-def main(args: argparse.Namespace) -> int:
-    from edgead import EdgeDetector
-
-    detector = EdgeDetector.load(args.model, device=args.device)
-    runs = run_all(detector, args.data)
-    rep = report(detector, runs, args.data)
-    print(format_table(rep))
-    if args.json:
-        args.json.write_text(json.dumps(rep, indent=1))
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot(runs, rep, args.plot)
-        print(f"wrote {args.plot}")
-    return 0

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgead import ops
+
 KINDS = ("bulge", "sink", "damage")
 
 
@@ -25,16 +27,6 @@ class PatchGenResult:
     mask: np.ndarray  # (N,) bool: the points that moved
     kind: str
     viewpoint: np.ndarray  # (3,)
-
-
-def random_rotation(rng: np.random.Generator, max_angle: float = np.pi) -> np.ndarray:
-    """(3, 3) float32 rotation from Euler angles drawn uniformly in [-max_angle, max_angle] about x, y and z."""
-    ax, ay, az = rng.uniform(-max_angle, max_angle, size=3)
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return (rz @ ry @ rx).astype(np.float32)
 
 
 def cube_viewpoint(rng: np.random.Generator) -> np.ndarray:
@@ -61,7 +53,7 @@ def patch_gen(points: np.ndarray, rng: np.random.Generator, ratio: float = 1 / 3
     kind = kind or KINDS[rng.integers(len(KINDS))]
     if kind not in KINDS:
         raise ValueError(f"patch_gen: unknown defect kind {kind!r}; expected one of {', '.join(KINDS)}")
-    clean = (points @ random_rotation(rng, max_angle).T).astype(np.float32)
+    clean = (points @ ops.random_rotation(rng, max_angle).T).astype(np.float32)
     view = cube_viewpoint(rng)
     n = max(1, int(round(ratio * len(points))))
     idx = np.argsort(np.linalg.norm(clean - view, axis=1), kind="stable")[:n]  # nearest first

@@ -20,8 +20,8 @@ Output is a pure function of the options: one seed gives the same bytes on every
 
 from __future__ import annotations
 
-import argparse
 import json
+import multiprocessing as mp
 import os
 import time
 import zlib
@@ -31,6 +31,10 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import minimum_filter
+
+from edgead.formats.pointcloud import write_pcd
+from edgead.ops import axis_angle
 
 TRAIN_POINTS = 50_000  # default points per training scan; test scans get TEST_FRACTION of it
 TEST_FRACTION = 0.6
@@ -204,19 +208,12 @@ def cap(outer, z: float, up: bool, holes=()) -> Planar:
     return Planar(np.array([0, 0, z]), Y, X, np.asarray(outer, float)[:, ::-1], sw)
 
 
-def rot(axis, angle: float) -> np.ndarray:
-    """Rotation matrix about a unit axis (Rodrigues)."""
-    a = np.asarray(axis, float) / np.linalg.norm(axis)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
-
-
 # ------------------------------------------------------------------------------------------------------ the parts
 
 
 def hex_bolt() -> list:
     """M12 x 55 hex bolt: hex head (18 mm across flats, 7.5 mm) with a raised grade mark, ring-threaded shank."""
-    hexa = circle(0, 0, 18 / np.sqrt(3), 6) @ rot(Z, np.pi / 6)[:2, :2].T  # flats parallel to x
+    hexa = circle(0, 0, 18 / np.sqrt(3), 6) @ axis_angle(Z, np.pi / 6)[:2, :2].T  # flats parallel to x
     mark = rect(2.0, -0.9, 6.5, 0.9)
     head_h, mark_h = 7.5, 0.5
     surf = [prism_walls(hexa, 0, head_h), cap(hexa, head_h, True, [mark]),
@@ -496,8 +493,6 @@ def visible(pts: np.ndarray, nrm: np.ndarray, cam: np.ndarray, spacing: float) -
     the camera (cos > 0.12) and lies within a slope-dependent tolerance of the nearest depth in its 3x3 pixel
     neighbourhood. (N, 3), (N, 3), (3,) -> (N,) bool.
     """
-    from scipy.ndimage import minimum_filter
-
     rel = pts - cam
     dist = np.linalg.norm(rel, axis=1)
     cosang = -np.einsum("ij,ij->i", nrm, rel) / dist
@@ -595,7 +590,7 @@ def make_scan(category: str, kind: str, *, seed: int, index: int, split: str, n_
     info.update(noise_sigma=sigma, n_outliers=n_out)
 
     # pose change and sensor-frame offset
-    r = rot(rng.normal(size=3), np.radians(rng.uniform(1, 5)))
+    r = axis_angle(rng.normal(size=3), np.radians(rng.uniform(1, 5)))
     shift = rng.uniform(-3, 3, 3)
     offset = np.array([rng.uniform(-250, 250), rng.uniform(-250, 250), rng.uniform(450, 900)])
     pts = pts @ r.T + shift + offset
@@ -637,8 +632,6 @@ def _write_gt(path: Path, pts: np.ndarray, labels: np.ndarray) -> None:
 
 def _job(args):
     category, split, index, kind, name, seed, n, track, out = args
-    from edgead.io import write_pcd
-
     scan = make_scan(category, kind, seed=seed, index=index, split=split, n_points=n, track=track)
     root = Path(out) / category
     if split == "train":
@@ -689,8 +682,6 @@ def generate(out, *, seed: int = 0, track: str = "full", categories=None, points
                 old.unlink()
     t0 = time.time()
     if workers > 1:
-        import multiprocessing as mp
-
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
             results = list(ex.map(_job, args, chunksize=4))
@@ -710,35 +701,3 @@ def generate(out, *, seed: int = 0, track: str = "full", categories=None, points
         what = "category" if len(categories) == 1 else "categories"
         print(f"wrote {len(results)} scans of {len(categories)} {what} to {out} in {time.time() - t0:.1f} s")
     return meta
-
-
-# ------------------------------------------------------------------------------------------------------------ CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, help="output directory (one sub-directory per category)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    p.add_argument("--track", choices=("full", "scan"), default="full",
-                   help="full: 360-degree test scans; scan: one-sided test scans from a random viewpoint above")
-    p.add_argument("--categories", nargs="+", choices=CATEGORIES, metavar="NAME",
-                   help=f"categories to generate (default all: {', '.join(CATEGORIES)})")
-    p.add_argument("--points", type=int, default=TRAIN_POINTS,
-                   help=f"points per training scan (default {TRAIN_POINTS}); test scans get {TEST_FRACTION:g}x")
-    p.add_argument("--train", type=int, default=4, dest="n_train", help="training scans per category (default 4)")
-    p.add_argument("--good", type=int, default=15, dest="n_good", help="good test scans per category (default 15)")
-    p.add_argument("--defective", type=int, default=15, dest="n_defective",
-                   help="defective test scans per category, cycling through the defect types (default 15)")
-    p.add_argument("--workers", type=int, help="processes (default: up to 2); the output does not depend on it")
-
-
-def main(args: argparse.Namespace) -> int:
-    generate(args.out, seed=args.seed, track=args.track, categories=args.categories, points=args.points,
-             n_train=args.n_train, n_good=args.n_good, n_defective=args.n_defective, workers=args.workers,
-             progress=True)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - ``python -m edgead.synth`` works before the other commands exist
-    _p = argparse.ArgumentParser(prog="edgead synth", description=__doc__.split("\n")[0])
-    add_arguments(_p)
-    raise SystemExit(main(_p.parse_args()))

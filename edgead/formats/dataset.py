@@ -14,8 +14,8 @@ Any other test file is defective (object label 1): its points *and* per-point la
 text file of the same name, which must exist. Real3D-AD test files whose name contains ``temp`` (templates copied
 into test) are skipped, as the reference loader does.
 
-A plain folder of scans (any format :mod:`edgead.io` reads) is a training set only. Non-finite rows are dropped
-everywhere (with their labels).
+A plain folder of scans (any format :mod:`edgead.formats.pointcloud` reads) is a training set only. Non-finite rows
+are dropped everywhere (with their labels).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.io import SUFFIXES, PointCloudError, read_labeled, read_points
+from edgead.formats.pointcloud import SUFFIXES, PointCloudError, read_labeled, read_points
 
 __all__ = ["DatasetError", "TestSample", "detect_layout", "find_categories", "load_train", "load_test",
            "LAYOUTS"]

@@ -1,5 +1,5 @@
-"""``edgead bench ENGINE [--points 400000] [--frames 50] [--reference RUN_DIR]``: per-stage latency of an engine
-and of the PyTorch eager reference of the same detector and preset, measured in the same run.
+"""Per-stage latency of an engine and of the PyTorch eager reference of the same detector and preset, measured in
+the same run (``edgead bench``).
 
 The eager reference is the whole detector written the straightforward way research code does it: the same trained
 network in PyTorch eager mode, and geometry (FPS, KNN grouping, nearest-neighbour scoring) as brute-force torch
@@ -11,48 +11,28 @@ backend (torch network, numpy geometry, the engine's own scoring) is printed too
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
+import os
 import resource
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from edgead.formats.engine import manifest_path
+from edgead.formats.rundir import is_run_dir
+from edgead.ops import Groups, Neighbours
+from edgead.runtime import EdgeDetector
+
 STAGES = ("preprocess", "network", "postprocess", "total")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("engine", type=Path, help="engines/NAME.onnx, NAME.plan, or a run directory")
-    p.add_argument("--points", type=int, default=400_000, help="points per frame (default 400000)")
-    p.add_argument("--frames", type=int, default=50, help="timed frames per detector (default 50)")
-    p.add_argument("--reference", type=Path, help="run directory of the PyTorch reference (default: the manifest's)")
-    p.add_argument("--reference-frames", type=int, default=5, help="timed frames of the slow eager reference")
-    p.add_argument("--threads", type=int, help="threads for ONNX Runtime and torch (default: all cores)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--json", type=Path, help="also write the figures here")
-
-
-def main(args: argparse.Namespace) -> int:
-    report = run(args.engine, args.points, args.frames, args.reference, args.reference_frames, args.threads,
-                 args.device)
-    print(format_report(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 0
 
 
 def run(engine: Path, points: int = 400_000, frames: int = 50, reference: Path | None = None,
         reference_frames: int = 5, threads: int | None = None, device: str = "cpu") -> dict:
-    from edgead.detector import EdgeDetector
-    from edgead.export.manifest import manifest_path
-
     if points < 1 or frames < 1:
         raise ValueError("--points and --frames must be positive")
     if threads:
-        import os
-
         os.environ["EDGEAD_THREADS"] = str(threads)
     engine = Path(engine)
     det = EdgeDetector.load(engine, device=device)
@@ -61,15 +41,15 @@ def run(engine: Path, points: int = 400_000, frames: int = 50, reference: Path |
               "engine_stats": measure(det, frame, frames), "peak_rss_mb_engine": peak_rss_mb()}
     if reference is None and not engine.is_dir():
         reference = Path(json.loads(manifest_path(engine).read_text()).get("source_run", ""))
-    if reference is not None and (reference / "model.json").exists():
-        import torch
+    if reference is not None and is_run_dir(reference):
+        import torch  # the eager references only: the engine itself was measured without it
 
         if threads:
             torch.set_num_threads(threads)
         plain = EdgeDetector.load(reference, device=device)
         report["torch_numpy_geometry_stats"] = measure(plain, frame, reference_frames)
         eager = EdgeDetector.load(reference, device=device)
-        eager.pipeline.ops = TorchEagerOps(device)
+        eager.pipeline.geometry = TorchEagerOps(device)
         eager.pipeline.config = replace(eager.pipeline.config, score_voxel=0.0)  # every point, as the papers do
         report["torch_eager_stats"] = measure(eager, frame, reference_frames)
         report["peak_rss_mb_process"] = peak_rss_mb()
@@ -160,11 +140,11 @@ class TorchEagerOps:
             d, i = torch.cdist(q, r).topk(k, dim=1, largest=False)
             ds.append(d)
             ids.append(i)
-        return torch.cat(ds).cpu().numpy(), torch.cat(ids).cpu().numpy()
+        return Neighbours(torch.cat(ds).cpu().numpy(), torch.cat(ids).cpu().numpy())
 
     def group(self, points, centers, k):
-        _, idx = self.knn(centers, points, k)
-        return (points[idx] - centers[:, None, :]).astype(np.float32), idx
+        idx = self.knn(centers, points, k).idx
+        return Groups((points[idx] - centers[:, None, :]).astype(np.float32), idx)
 
     def nearest_distance(self, query, ref):
         return self.knn(query, ref, 1)[0][:, 0]

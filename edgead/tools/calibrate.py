@@ -1,4 +1,4 @@
-"""``edgead calibrate scene|threshold``: what is specific to one line, kept apart from the engine.
+"""Calibrations specific to one line, kept apart from the engine (``edgead calibrate``):
 
 - ``scene``: fit the conveyor/table plane in a scan (RANSAC, then least squares on the inliers) and a region of
   interest above it, so that ``serve`` and ``sensor realsense`` crop the part out of the raw sensor cloud;
@@ -8,50 +8,14 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgead.formats.pointcloud import read_points
+from edgead.formats.scene import Scene, crop
+
 SCAN_SUFFIXES = (".pcd", ".ply", ".npy", ".txt", ".xyz")
-
-
-@dataclass
-class Scene:
-    """The plane frame: ``origin`` on the plane, ``axes`` rows (u, v, n) with n the plane normal pointing to the
-    side the parts are on. The ROI is the box ``lo <= (p - origin) @ axes.T <= hi`` in that frame (mm)."""
-
-    origin: list[float]
-    axes: list[list[float]]
-    lo: list[float]
-    hi: list[float]
-    units: str = "mm"
-
-    def to_plane(self, points: np.ndarray) -> np.ndarray:
-        """(N, 3) sensor -> (N, 3) plane-frame coordinates (u, v, height)."""
-        return (points - np.asarray(self.origin, np.float32)) @ np.asarray(self.axes, np.float32).T
-
-
-def crop(points: np.ndarray, scene: Scene) -> np.ndarray:
-    """Keep the points inside the scene's ROI (above the plane, within its extent). (N, 3) -> (M, 3) float32.
-
-    Non-finite rows never pass (their comparisons are false)."""
-    q = scene.to_plane(np.asarray(points, dtype=np.float32))
-    inside = ((q >= np.asarray(scene.lo, np.float32)) & (q <= np.asarray(scene.hi, np.float32))).all(1)
-    return np.ascontiguousarray(points[inside], dtype=np.float32)
-
-
-def load_scene(path) -> Scene:
-    try:
-        doc = json.loads(Path(path).read_text())
-        scene = Scene(**{k: doc[k] for k in ("origin", "axes", "lo", "hi")})
-        if np.asarray(scene.axes).shape != (3, 3) or not all(len(v) == 3 for v in (scene.origin, scene.lo, scene.hi)):
-            raise ValueError("origin, lo, hi need 3 numbers and axes 3x3")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a scene calibration file ({exc})") from exc
-    return scene
 
 
 def fit_plane(points: np.ndarray, tol: float, iters: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -125,16 +89,13 @@ def f1_threshold(normal: np.ndarray, anomalous: np.ndarray) -> tuple[float, floa
 
 
 def read_scans(directory) -> list[tuple[str, np.ndarray]]:
-    from edgead.io import read_points
-
     directory = Path(directory)
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in SCAN_SUFFIXES) if directory.is_dir() else []
     if not files:
         raise ValueError(f"{directory}: no scans ({', '.join(SCAN_SUFFIXES)}) found")
     out = []
     for f in files:
-        pts = read_points(f)
-        out.append((f.name, pts[0] if isinstance(pts, tuple) else pts))
+        out.append((f.name, read_points(f)))
     return out
 
 
@@ -159,50 +120,3 @@ def calibrate_threshold(detector, normal: list[np.ndarray], anomalous: list[np.n
         doc.update(method="far")
     doc.update(threshold=t, far_measured=float((s_norm > t).mean()))
     return doc
-
-
-# -- CLI -------------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="what", required=True)
-    s = sub.add_parser("scene", help="fit the conveyor plane and the region of interest above it")
-    s.add_argument("scan", type=Path, help="a scan (.pcd, .ply, .npy) of the conveyor, with or without a part")
-    s.add_argument("--out", type=Path, default=Path("calibration/scene.json"))
-    s.add_argument("--tol", type=float, default=1.0, help="plane inlier distance, mm (sensor noise)")
-    s.add_argument("--min-height", type=float, help="mm above the plane where the ROI starts (default 3 x tol)")
-    s.add_argument("--max-height", type=float, default=500.0, help="mm above the plane where the ROI ends")
-    s.add_argument("--margin", type=float, default=0.0, help="mm added around the plane's extent")
-    t = sub.add_parser("threshold", help="decision threshold from held-out scans")
-    t.add_argument("--engine", required=True, help="run directory, .onnx or .plan engine")
-    t.add_argument("--normal", required=True, type=Path, help="folder of held-out normal scans")
-    t.add_argument("--anomalous", type=Path, help="folder of anomalous scans: choose the F1-optimal threshold")
-    t.add_argument("--far", type=float, default=0.01, help="target false-alarm rate on normal parts")
-    t.add_argument("--scene", help="scene calibration to crop the scans with, as serve does")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--out", type=Path, required=True, help="calibration file to write (JSON)")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.what == "scene":
-        from edgead.io import read_points
-
-        pts = read_points(args.scan)
-        pts = pts[0] if isinstance(pts, tuple) else pts
-        doc = asdict(calibrate_scene(pts, args.tol, args.min_height, args.max_height, args.margin))
-        print(f"plane normal {np.round(doc['axes'][2], 4).tolist()}, ROI {np.round(doc['lo'], 1).tolist()} .. "
-              f"{np.round(doc['hi'], 1).tolist()} mm (plane frame)")
-    else:
-        from edgead.detector import EdgeDetector
-
-        if not 0 <= args.far < 1:
-            raise ValueError(f"--far must be in [0, 1), got {args.far}")
-        det = EdgeDetector.load(args.engine, device=args.device)
-        normal = [p for _, p in read_scans(args.normal)]
-        anomalous = [p for _, p in read_scans(args.anomalous)] if args.anomalous else None
-        doc = calibrate_threshold(det, normal, anomalous, args.far, load_scene(args.scene) if args.scene else None)
-        doc["engine"] = str(args.engine)
-        print(f"threshold {doc['threshold']:.6g} ({doc['method']}), false alarms {doc['far_measured']:.3f} "
-              f"on {doc['n_normal']} normal scans")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {args.out}")
-    return 0

@@ -1,0 +1,74 @@
+"""The ``edgead`` command: the only place with argparse. One module per command (``edgead.cli.<command>``), each
+with ``add_arguments(parser)`` and ``main(args) -> int``.
+
+Only the module of the command being run is imported (the one dynamic import in edgead), so ``edgead serve`` never
+imports torch and ``edgead --help`` works on a runtime-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from edgead import __version__
+
+COMMANDS = {
+    "synth": "generate the synthetic benchmark (Real3D-AD layout)",
+    "train": "train a detector (template, dusnet, r3dad) on normal scans",
+    "eval": "evaluate a detector on test categories (AUROC/AUPR, timing, plots)",
+    "export": "export a trained run to ONNX / TensorRT engines with a manifest",
+    "bench": "benchmark a detector's per-stage latency against a plain k-d tree pass and PyTorch eager",
+    "serve": "run the streaming detection service over ZeroMQ",
+    "sensor": "publish sensor frames (realsense, replay) over ZeroMQ",
+    "calibrate": "calibrate the scene (plane, ROI) or the decision threshold",
+    "keys": "create CURVE key pairs for serve, sensors and clients",
+    "demo": "replay synthetic parts through the service and print results live",
+}
+EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "cpu", "pyrealsense2": "realsense",
+          "matplotlib": "plot"}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser, with the full arguments of ``command`` only (the others are listed, not imported)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
+    common.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    parser = argparse.ArgumentParser(prog="edgead", description="Streaming 3D anomaly detection for factory lines: "
+                                     "train, evaluate, export and serve detectors.")
+    parser.add_argument("--version", action="version", version=f"edgead {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        if name == command:
+            module = importlib.import_module(f"edgead.cli.{name}")
+            module.add_arguments(p)
+            p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(command if command in COMMANDS else None)
+    except ImportError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        hint = f"; install it with: pip install 'edgead[{extra}]'" if extra else ""
+        print(f"edgead {command}: needs {exc.name}{hint}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_main"):
+        parser.print_help()
+        return 0
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        return int(args._main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"edgead {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"edgead {args.command}: error: {exc}", file=sys.stderr)
+        return 2

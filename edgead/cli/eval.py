@@ -1,0 +1,32 @@
+"""``edgead eval MODEL --data DIR``: metrics, timing and plots on test categories (``edgead.tools.evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edgead.runtime import EdgeDetector
+from edgead.tools.evaluate import format_table, plot, report, run_all
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="run directory, .onnx or .plan engine (anything EdgeDetector.load takes)")
+    p.add_argument("--data", required=True, type=Path, help="category directory or a root of category directories")
+    p.add_argument("--json", type=Path, help="write the full report (metrics, per-scan scores, timing) here")
+    p.add_argument("--plot", type=Path, help="write ROC curves and score heat maps to this PNG")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def main(args: argparse.Namespace) -> int:
+    detector = EdgeDetector.load(args.model, device=args.device)
+    runs = run_all(detector, args.data)
+    rep = report(detector, runs, args.data)
+    print(format_table(rep))
+    if args.json:
+        args.json.write_text(json.dumps(rep, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(runs, rep, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
