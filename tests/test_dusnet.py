@@ -269,3 +269,12 @@ def test_diagnose_script_reports_a_ceiling_that_finds_a_planted_bump(tmp_path):
     assert parts[0]["O-AUROC"] == 1.0
     assert 0 < parts[2]["normal_in_mm"] < parts[2]["defect_in_mm"]
     assert parts[3]["recon_to_surface_mm"] > 0
+
+
+def test_time_budget_ends_training_early_and_says_so(tmp_path):
+    clouds = [sphere(2000, s)[0] for s in range(2)]
+    T.train(clouds, tmp_path, TrainOptions(preset="tiny", steps=100_000, progress=False, time_budget=1.0))
+    info = json.loads((tmp_path / "model.json").read_text())["train"]
+    assert info["planned_steps"] == [100_000, 100_000] and info["time_budget"] == 1.0
+    assert 0 < info["steps_down"] < 100_000 and 0 < info["steps_up"] < 100_000
+    assert EdgeDetector.load(tmp_path).detect(sphere(3000, 5)[0]).point_scores.shape == (3000,)

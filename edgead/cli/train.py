@@ -22,13 +22,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
     p.add_argument("--init", type=Path, help="checkpoint to fine-tune from (e.g. a pre-trained model)")
     p.add_argument("--steps", type=int, help="override the preset's optimisation steps per stage")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop optimising after this long (stages share it by their step counts); the run records "
+                        "the steps done")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
 def main(args: argparse.Namespace) -> int:
     clouds = load_train(args.data)
     opts = TrainOptions(preset=args.preset, seed=args.seed, device=args.device, resume=args.resume,
-                        init=args.init, steps=args.steps, progress=not args.no_progress)
+                        init=args.init, steps=args.steps, progress=not args.no_progress,
+                        time_budget=args.time_budget)
     train(args.model, clouds, args.out, opts)
     print(f"wrote {args.out}")
     return 0

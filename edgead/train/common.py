@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,12 @@ class TrainOptions:
     init: Path | None = None  # fine-tune from a (pre-trained) checkpoint or weights file
     steps: int | None = None  # override the preset's number of optimisation steps (per stage)
     progress: bool = True
+    time_budget: float | None = None  # seconds of optimisation at most (stages share it by their step counts)
+
+
+def stage_deadline(opts: TrainOptions, share: float) -> float:
+    """``time.monotonic()`` value at which a stage given ``share`` of the time budget stops (inf: no budget)."""
+    return time.monotonic() + opts.time_budget * share if opts.time_budget else math.inf
 
 
 def cosine_lr(step: int, total: int, base: float) -> float:

@@ -32,6 +32,7 @@ from edgead.train.common import (
     save_checkpoint,
     seeded,
     set_lr,
+    stage_deadline,
 )
 
 REF_POINTS = 4096  # training-reference points stored for ICP alignment
@@ -179,8 +180,10 @@ def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Pres
 
     pool = {k: v.to(device) for k, v in pool.items()}
     h = 0.0
+    done = {"down": tc.steps_down if stage_i else step, "up": step if stage_i else 0}  # steps run per stage
     while stage_i < len(stages):
         name, total, net = stages[stage_i]
+        deadline = stage_deadline(opts, total / max(tc.steps_down + tc.steps_up, 1))
         if name == "up":
             model.down.eval().requires_grad_(False)
             with torch.no_grad():  # the frozen Down-Net's noise-free centres, as at inference
@@ -190,6 +193,9 @@ def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Pres
         bar = tqdm(range(step, total), desc=f"dusnet {name}-net", disable=not opts.progress, initial=step,
                    total=total)
         for step in bar:
+            if time.monotonic() > deadline:
+                break
+            done[name] = step + 1
             sel = torch.randint(tc.pool, (tc.batch,), generator=gen)
             batch = {k: v[sel] for k, v in pool.items()}
             if name == "down":
@@ -217,8 +223,9 @@ def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Pres
     pipe = Pipeline(setting.pipeline, pipe.normalization, pipe.reference, fit_baseline(pipe, model, frames))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(out) / WEIGHTS)
     meta, arrays = pipe.state()
-    info = {"preset": opts.preset, "seed": opts.seed, "device": str(device), "steps_down": tc.steps_down,
-            "steps_up": tc.steps_up, "n_clouds": len(clouds), "repulsion_h": h, "time_s": round(time.time() - t0, 1),
+    info = {"preset": opts.preset, "seed": opts.seed, "device": str(device), "steps_down": done["down"],
+            "steps_up": done["up"], "planned_steps": [tc.steps_down, tc.steps_up], "time_budget": opts.time_budget,
+            "n_clouds": len(clouds), "repulsion_h": h, "time_s": round(time.time() - t0, 1),
             "cpu_s": round(time.process_time() - c0, 1), "init": str(opts.init) if opts.init else None,
             "config": asdict(tc)}
     return write_run(out, kind=Kind.DUSNET.value, pipeline=meta, arrays=arrays, arch=setting.arch.to_dict(),

@@ -32,6 +32,7 @@ from edgead.train.common import (
     save_checkpoint,
     seeded,
     set_lr,
+    stage_deadline,
 )
 from edgead.train.patchgen import patch_gen
 
@@ -135,7 +136,11 @@ def train(clouds, out: Path, opts: TrainOptions, setting: Preset | None = None) 
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not opts.progress, desc="r3dad")
+    deadline, done = stage_deadline(opts, 1.0), start
     for step in bar:
+        if time.monotonic() > deadline:
+            break
+        done = step + 1
         clean, anomalous = (torch.from_numpy(a).to(opts.device)
                             for a in make_batch(views, tc, setting.arch.patch_scale, rng))
         lr = cosine_lr(step, tc.steps, tc.lr)
@@ -151,7 +156,8 @@ def train(clouds, out: Path, opts: TrainOptions, setting: Preset | None = None) 
     log.close()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
     meta, arrays = pipe.state()
-    info = {"preset": opts.preset, "seed": opts.seed, "clouds": len(clouds), "config": asdict(tc),
+    info = {"preset": opts.preset, "seed": opts.seed, "clouds": len(clouds), "config": asdict(tc), "steps": done,
+            "time_budget": opts.time_budget,
             "time_s": round(time.perf_counter() - t0, 1), "init": str(opts.init) if opts.init else None}
     return write_run(out, kind=Kind.R3DAD.value, pipeline=meta, arrays=arrays, arch=setting.arch.to_dict(),
                      train=info, files=(WEIGHTS,))
