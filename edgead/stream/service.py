@@ -57,6 +57,7 @@ class ServiceConfig:
     curve_secret: str | None = None  # the service's secret key file: CURVE on both sockets
     curve_authorized: str | None = None  # directory of public keys of clients allowed in
     linger_ms: int = 2000
+    metrics: str | None = None  # HOST:PORT: Prometheus /metrics and /healthz over HTTP (edgead.stream.metrics)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -159,6 +160,7 @@ class Service:
         self.pub_endpoint = ""
         self.result_seq = 0
         self.failure: str | None = None
+        self.metrics = None  # the metrics exporter while run() serves with cfg.metrics
         self._stop = threading.Event()  # run() replaces it with the caller's
         self._threads: list[threading.Thread] = []
 
@@ -196,6 +198,10 @@ class Service:
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set. Runs the worker in the calling thread. Raises ServiceFailure when a thread
         died (the service stops with it), ValueError when the endpoints cannot be used."""
+        if self.cfg.metrics:
+            from edgead.stream.metrics import ServiceMetrics
+
+            self.metrics = ServiceMetrics(self, self.cfg.metrics)  # binds now: a port in use fails before the rest
         auth = None
         if self.cfg.curve_authorized:
             from edgead.stream.security import start_authenticator
@@ -217,11 +223,15 @@ class Service:
                 sock.close(linger=0)
             if auth is not None:
                 auth.stop()
+            if self.metrics is not None:
+                self.metrics.close()
             raise ValueError(f"cannot use endpoints --sub {self.cfg.sub} / --pub {self.cfg.pub}: {exc}") from None
         self.pub_endpoint = pub.last_endpoint.decode()
         self._stop = stop  # a failing thread stops the whole service through the caller's event
         self._spawn("receiver", self._receive, sub, monitor)
         self._spawn("publisher", self._publish, pub)
+        if self.metrics is not None:
+            self.metrics.start()
         self.ready.set()
         try:
             while not self._stop.is_set():
@@ -240,6 +250,8 @@ class Service:
             publisher.join()
             if auth is not None:
                 auth.stop()
+            if self.metrics is not None:
+                self.metrics.close()
         if self.failure is not None:
             raise ServiceFailure(self.failure)
 
@@ -314,6 +326,8 @@ class Service:
                     self.stats.not_inspected += result["not_inspected"]
                     self.stats.published.append(now)
                     self.stats.latency_ms.append((now - result["t_received"]) * 1e3)
+                if self.metrics is not None:
+                    self.metrics.observe(result)
             pub.send_multipart(protocol.encode_message(protocol.STATUS_TOPIC, self.status()))
         finally:
             pub.close()  # with linger: queued messages still go out
@@ -407,6 +421,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (run directories and ONNX)")
     p.add_argument("--curve-secret", help="the service's CURVE secret key file (enables encryption)")
     p.add_argument("--curve-authorized", help="directory of client public keys allowed to connect")
+    p.add_argument("--metrics", help="HOST:PORT to serve Prometheus /metrics and /healthz on (e.g. 127.0.0.1:9100)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
@@ -446,7 +461,9 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     ready = threading.Thread(target=lambda: service.ready.wait() and print(
         f"edgead serve: {det.name} ({det.backend}, threshold {det.threshold}) policy {cfg.policy}; frames from "
-        f"{cfg.sub}; results on {service.pub_endpoint}", file=sys.stderr, flush=True), daemon=True)
+        f"{cfg.sub}; results on {service.pub_endpoint}"
+        + (f"; metrics on http://{service.metrics.address}/metrics" if service.metrics else ""),
+        file=sys.stderr, flush=True), daemon=True)
     ready.start()
     try:
         service.run(stop)
