@@ -19,6 +19,7 @@ COMMANDS = [
     ("sensor", "edgead.stream.sensors", "publish sensor frames (realsense, replay) over ZeroMQ"),
     ("calibrate", "edgead.calibrate", "calibrate the scene (plane, ROI) or the decision threshold"),
     ("demo", "edgead.stream.demo", "replay synthetic parts through the service and print results live"),
+    ("bridge", "edgead.bridge_cli", "bridge the service's results to OPC UA or MQTT for plant systems"),
 ]
 
 
