@@ -107,6 +107,7 @@ class MqttBridge:
         self.waiting: dict[int, bool] = {}  # message id -> is a result, until the broker has it
         self.early: set[int] = set()  # ids the broker acknowledged before publish() returned
         self.status_payload: bytes | None = None  # the retained status, republished on every connect
+        self.broker_down_said = False  # stderr tells when the broker goes away and comes back, not every retry
         self.ready = threading.Event()
         self.metrics = None
         self.client = self._client()
@@ -158,6 +159,9 @@ class MqttBridge:
         with self.lock:
             self.counts["broker_connects"] += 1
             payload = self.status_payload
+        if self.broker_down_said:
+            self.intake.warn(f"connected to broker {self.cfg.host}:{self.cfg.port} again")
+            self.broker_down_said = False
         self._publish(f"{self.cfg.base}/bridge", "online", qos=1, retain=True)
         if payload is not None:
             self._publish(f"{self.cfg.base}/status", payload, qos=1, retain=True)
@@ -172,10 +176,18 @@ class MqttBridge:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self.lock:
             self.counts["broker_disconnects"] += 1
+        self._broker_down(f"lost broker {self.cfg.host}:{self.cfg.port} ({reason_code})")
 
     def _on_connect_fail(self, client, userdata) -> None:
         with self.lock:
             self.counts["broker_connect_failures"] += 1
+        self._broker_down(f"cannot reach broker {self.cfg.host}:{self.cfg.port}")
+
+    def _broker_down(self, what: str) -> None:
+        if not self.broker_down_said:
+            self.intake.warn(f"{what}; retrying (every {self.cfg.reconnect[1]:g} s at most), results queue up to "
+                             f"{self.cfg.queue}")
+            self.broker_down_said = True
 
     # -- the bridge's thread -----------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

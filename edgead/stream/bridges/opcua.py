@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import zmq
 import zmq.asyncio
 
 from edgead.stream.bridges.source import STATUS_COUNTERS, Intake, subscribe
@@ -138,13 +137,12 @@ def status_values(status: dict) -> dict[str, object]:
 
 
 class OpcUaBridge:
-    def __init__(self, cfg: OpcUaConfig, ctx: zmq.asyncio.Context | None = None):
-        self.cfg, self.ctx = cfg, ctx
+    def __init__(self, cfg: OpcUaConfig):
+        self.cfg = cfg
         self.intake = Intake(cfg.status_timeout, "opcua")
         self.sensors: dict[str, int] = {}  # sensor -> results shown
         self.dropped = 0
-        self.ready = threading.Event()  # set once the server listens; endpoint_url is then known
-        self.endpoint_url = ""
+        self.ready = threading.Event()  # set once the server listens
         self.running = False
         self.metrics = None
 
@@ -232,11 +230,14 @@ class OpcUaBridge:
 
     async def _serve(self, stop: threading.Event) -> None:
         server = await self._server()
-        ctx = self.ctx or zmq.asyncio.Context()
+        ctx = zmq.asyncio.Context()  # the server's event loop also reads the service's messages
         sock = subscribe(ctx, self.cfg.sub, self.cfg.curve_secret, self.cfg.curve_server_key)
         try:
-            async with server:
-                self.endpoint_url = self.cfg.endpoint
+            try:
+                await server.start()
+            except OSError as exc:
+                raise ValueError(f"cannot listen on {self.cfg.endpoint}: {exc}") from None
+            try:
                 if self.cfg.metrics:
                     from edgead.stream.metrics import bridge_metrics
 
@@ -257,11 +258,12 @@ class OpcUaBridge:
                     if now_stale and stale is not True:  # went silent: say so once
                         await self._show_status(server)
                     stale = now_stale
+            finally:
+                await server.stop()
         finally:
             self.running = False
             sock.close()
-            if self.ctx is None:
-                ctx.term()
+            ctx.term()
             if self.metrics is not None:
                 self.metrics.close()
 
