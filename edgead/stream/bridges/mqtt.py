@@ -108,6 +108,7 @@ class MqttBridge:
         self.early: set[int] = set()  # ids the broker acknowledged before publish() returned
         self.status_payload: bytes | None = None  # the retained status, republished on every connect
         self.broker_down_said = False  # stderr tells when the broker goes away and comes back, not every retry
+        self.stopping = False  # our own disconnect is no news
         self.ready = threading.Event()
         self.metrics = None
         self.client = self._client()
@@ -176,7 +177,8 @@ class MqttBridge:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self.lock:
             self.counts["broker_disconnects"] += 1
-        self._broker_down(f"lost broker {self.cfg.host}:{self.cfg.port} ({reason_code})")
+        if not self.stopping:
+            self._broker_down(f"lost broker {self.cfg.host}:{self.cfg.port} ({reason_code})")
 
     def _on_connect_fail(self, client, userdata) -> None:
         with self.lock:
@@ -227,6 +229,7 @@ class MqttBridge:
             if self.counters()["queued"]:
                 self.intake.warn(f"stopping with {self.counters()['queued']} results the broker never took")
         finally:
+            self.stopping = True
             self.client.disconnect()  # ends paho's loop
             self.loop.join(5)
             sock.close()
