@@ -40,6 +40,10 @@ def _optional(check: Callable) -> Callable:
     return lambda v: v is None or check(v)
 
 
+def _bool(v) -> bool:
+    return isinstance(v, bool)
+
+
 def _string(v) -> bool:
     return isinstance(v, str)
 
@@ -54,17 +58,17 @@ def _region(v) -> bool:
 
 
 RESULT_FIELDS: dict[str, Callable] = {
-    "status": lambda v: v in ("ok", "error"), "error": _string, "not_inspected": lambda v: isinstance(v, bool),
+    "status": lambda v: v in ("ok", "error"), "error": _string, "not_inspected": _bool,
     "seq": _optional(_uint), "result_seq": _uint, "sensor": _optional(_id), "frame_id": _optional(_string),
     "t_capture": _optional(_number), "score": _optional(_number), "threshold": _optional(_number),
-    "anomalous": lambda v: v is None or isinstance(v, bool), "n_points": _uint,
+    "anomalous": _optional(_bool), "n_points": _uint,
     "regions": lambda v: isinstance(v, list) and all(_region(r) for r in v), "model_hash": _string,
 }
 STATUS_COUNTERS = ("frames_in", "frames_out", "dropped", "seq_gaps", "seq_restarts", "errors", "not_inspected",
                    "reconnects")
 STATUS_FIELDS: dict[str, Callable] = {
-    **{k: _uint for k in STATUS_COUNTERS}, "uptime_s": _number, "fps": _number, "healthy": lambda v: v is True or
-    v is False, "model_name": _string, "model_hash": _string, "backend": _string,
+    **dict.fromkeys(STATUS_COUNTERS, _uint), "uptime_s": _number, "fps": _number, "healthy": _bool,
+    "model_name": _string, "model_hash": _string, "backend": _string,
 }
 
 
