@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import functools
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -41,6 +42,13 @@ def template_run() -> Path:
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     train("template", [part(seed=100, n=3000)], out)
     return out
+
+
+def free_port() -> int:
+    """A loopback TCP port free now (for servers that must be told their port up front)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def detector(threshold: float | None = 2.0) -> EdgeDetector:

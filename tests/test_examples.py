@@ -2,18 +2,18 @@
 
 import importlib.util
 import json
+import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
-from stream_helpers import part, recv, running_service, wait_status
+from stream_helpers import free_port, part, recv, running_service, wait_status
 
 from edgead.stream.protocol import STATUS_TOPIC, encode_frame
 
@@ -75,91 +75,39 @@ def test_node_subscriber_decodes_every_result_exactly_as_python_does():
     assert got[1][1]["anomalous"] is True and got[1][1]["regions"]
 
 
-def test_plc_gateway_maps_results_to_integer_records():
-    gateway = load_example("plc_gateway")
-    with running_service(policy="every", queue=16) as (service, sensor, client):
-        proc = subprocess.Popen([sys.executable, str(EXAMPLES / "plc_gateway.py"), "--sub", service.pub_endpoint,
-                                 "--sensor", "cam", "--count", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        try:
-            assert "connected" in proc.stderr.readline()  # it has seen a status message: subscribed
-            for parts in frames_to_send():
-                sensor.send_multipart(parts)
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    records = [json.loads(line) for line in out.splitlines()]
-    assert [r["status"] for r in records] == [gateway.OK, gateway.REJECT, gateway.ERROR, gateway.ERROR]
-    assert all(isinstance(v, int) for r in records for v in r.values())
-    bad = records[1]  # the bump at (8, 5, ~12) mm on the block
-    assert bad["seq"] == 1 and abs(bad["defect_x_mm10"] - 80) < 10 and abs(bad["defect_y_mm10"] - 50) < 10
-    assert bad["n_regions"] >= 1 and bad["score_x1000"] > 3000 and records[0]["n_regions"] == 0
-
-
-class TinyBroker:
-    """Just enough of an MQTT 3.1.1 broker to receive what a client publishes: CONNECT, PUBLISH (QoS 0/1),
-    PINGREQ, DISCONNECT."""
-
-    def __init__(self):
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.published: list[tuple[str, bytes, int, bool]] = []
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        conn, _ = self.server.accept()
-        with conn, conn.makefile("rb") as f:
-            while True:
-                head = f.read(1)
-                if not head:
-                    return
-                length, shift = 0, 0
-                while True:  # remaining length: a base-128 varint
-                    b = f.read(1)[0]
-                    length |= (b & 0x7F) << shift
-                    shift += 7
-                    if not b & 0x80:
-                        break
-                body = f.read(length)
-                kind, flags = head[0] >> 4, head[0] & 0x0F
-                if kind == 1:  # CONNECT
-                    conn.sendall(b"\x20\x02\x00\x00")
-                elif kind == 3:  # PUBLISH
-                    n = int.from_bytes(body[:2], "big")
-                    topic, qos, rest = body[2:2 + n].decode(), (flags >> 1) & 3, body[2 + n:]
-                    if qos:
-                        conn.sendall(b"\x40\x02" + rest[:2])  # PUBACK with the packet id
-                        rest = rest[2:]
-                    self.published.append((topic, rest, qos, bool(flags & 1)))
-                elif kind == 12:  # PINGREQ
-                    conn.sendall(b"\xd0\x00")
-                elif kind == 14:  # DISCONNECT
-                    return
-
-
-def test_mqtt_bridge_publishes_results_and_verdicts():
-    broker = TinyBroker()
-    with running_service(policy="every", queue=16) as (service, sensor, client):
-        proc = subprocess.Popen([sys.executable, str(EXAMPLES / "mqtt_bridge.py"), "--sub", service.pub_endpoint,
-                                 "--broker", "127.0.0.1", "--port", str(broker.port), "--root", "line7",
-                                 "--count", "2"], stderr=subprocess.PIPE, text=True)
-        try:
+def test_opcua_plc_example_lets_only_judged_good_parts_through():
+    """examples/opcua_plc.py (the PLC's handshake) against `edgead bridge opcua` and a real service."""
+    url = f"opc.tcp://127.0.0.1:{free_port()}/edgead/"
+    procs = []
+    try:
+        with running_service(policy="every", queue=16) as (service, sensor, client):
+            wait_status(client)
+            procs.append(subprocess.Popen([sys.executable, "-m", "edgead", "bridge", "opcua", "--sub",
+                                           service.pub_endpoint, "--endpoint", url, "--metrics", "127.0.0.1:0"],
+                                          stderr=subprocess.PIPE, text=True))
+            metrics = re.search(r"metrics on (\S+)", procs[0].stderr.readline()).group(1)
             deadline = time.monotonic() + 20
-            while not any(t == "line7/status" for t, *_ in broker.published):  # the bridge is subscribed
-                assert time.monotonic() < deadline and proc.poll() is None, "the bridge did not come up"
+            while "edgead_bridge_statuses_total 0.0" in urllib.request.urlopen(metrics).read().decode():
+                assert time.monotonic() < deadline, "the bridge never heard from the service"
                 time.sleep(0.05)
-            for parts in frames_to_send()[1:3]:
+            procs.append(subprocess.Popen([sys.executable, str(EXAMPLES / "opcua_plc.py"), "--endpoint", url,
+                                           "--sensor", "cam", "--count", "4"], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+            assert "connected" in procs[1].stderr.readline()
+            records = []
+            for parts in frames_to_send():  # one part at a time, as a line does
                 sensor.send_multipart(parts)
-            assert proc.wait(30) == 0, proc.stderr.read()
-        finally:
+                records.append(json.loads(procs[1].stdout.readline()))
+            assert procs[1].wait(30) == 0
+    finally:
+        for proc in procs:
             proc.kill()
-    topics = [(t, q, r) for t, _, q, r in broker.published]
-    assert ("line7/cam/result", 1, False) in topics and ("line7/cam/verdict", 1, True) in topics
-    verdicts = [p.decode() for t, p, _, _ in broker.published if t == "line7/cam/verdict"]
-    assert verdicts == ["reject", "error"]
-    result = json.loads(next(p for t, p, _, _ in broker.published if t == "line7/cam/result"))
-    assert result["seq"] == 1 and result["anomalous"] is True and "point_scores" not in result
+    assert [r["go"] for r in records] == [True, False, False, False]
+    assert records[0]["inspection_id"] == 0 and records[0]["defect_mm"] is None and records[0]["error"] == ""
+    bad = records[1]  # the bump at (8, 5, ~12) mm on the block
+    assert bad["score"] > 3 and abs(bad["defect_mm"][0] - 8) < 1 and abs(bad["defect_mm"][1] - 5) < 1
+    assert records[2]["inspection_id"] is None and "msgpack" in records[2]["error"]  # no seq to match: no go
+    assert records[3]["inspection_id"] == 3 and records[3]["score"] is None and records[3]["error"]
 
 
 def test_controller_embeds_the_detector():

@@ -6,26 +6,19 @@ get its result, and the service must neither crash (libzmq once aborted on ``!_m
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from stream_helpers import recv, running_service, template_run, wait_status
+from stream_helpers import free_port, recv, running_service, template_run, wait_status
 
 from edgead.stream import protocol
 
 SENSOR = Path(__file__).with_name("sensor_process.py")
 RESTARTS = 20
 FRAMES = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_sensor(endpoint: str, run: str, n: int, forever: bool = False) -> subprocess.Popen:

@@ -24,10 +24,11 @@ COMMANDS = {
     "sensor": "publish sensor frames (realsense, replay) over ZeroMQ",
     "calibrate": "calibrate the scene (plane, ROI) or the decision threshold",
     "keys": "create CURVE key pairs for serve, sensors and clients",
+    "bridge": "pass results and status on to plant systems: OPC UA server or MQTT broker",
     "demo": "replay synthetic parts through the service and print results live",
 }
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "cpu", "pyrealsense2": "realsense",
-          "matplotlib": "plot"}
+          "matplotlib": "plot", "asyncua": "plant", "paho": "plant", "prometheus_client": "plant"}
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:

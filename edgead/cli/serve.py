@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (run directories and ONNX)")
     p.add_argument("--curve-secret", help="the service's CURVE secret key file (enables encryption)")
     p.add_argument("--curve-authorized", help="directory of client public keys allowed to connect")
+    p.add_argument("--metrics", help="HOST:PORT to serve Prometheus /metrics and /healthz on (e.g. 127.0.0.1:9100)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
@@ -60,7 +61,9 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     ready = threading.Thread(target=lambda: service.ready.wait() and print(
         f"edgead serve: {det.name} ({det.backend}, threshold {det.threshold}) policy {cfg.policy}; frames from "
-        f"{cfg.sub}; results on {service.pub_endpoint}", file=sys.stderr, flush=True), daemon=True)
+        f"{cfg.sub}; results on {service.pub_endpoint}"
+        + (f"; metrics on http://{service.metrics.address}/metrics" if service.metrics else ""),
+        file=sys.stderr, flush=True), daemon=True)
     ready.start()
     try:
         service.run(stop)

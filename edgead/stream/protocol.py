@@ -73,6 +73,20 @@ def shown(value) -> str:
     return _short.repr(value)
 
 
+def frame_identity(parts: list) -> tuple[str, int] | None:
+    """(sensor, seq) of a frame from its header alone, or None when they cannot be read. Cheap (the header is at
+    most MAX_HEADER_BYTES), so the receiver can track sequences before flow control drops any frame."""
+    if len(parts) != 3 or memoryview(parts[1]).nbytes > MAX_HEADER_BYTES:
+        return None
+    try:
+        header = unpack(bytes(parts[1]), max_bin_len=0)
+    except Exception:  # garbage: decode_frame will say what is wrong with it
+        return None
+    if not isinstance(header, dict) or type(header.get("seq")) is not int or header["seq"] < 0:
+        return None
+    return (header["sensor"], header["seq"]) if _valid_id(header.get("sensor")) else None
+
+
 def decode_frame(parts: list, max_points: int) -> tuple[dict, np.ndarray]:
     """3 message parts -> (header, (N, 3) points viewing the buffer). Raises FrameError naming the problem.
 

@@ -30,6 +30,7 @@ from edgead.detectors import NotInspected
 from edgead.formats.scene import crop, read_scene
 from edgead.runtime import MAX_POINTS
 from edgead.stream import protocol
+from edgead.stream.metrics import ServiceMetrics
 from edgead.stream.regions import anomalous_regions
 from edgead.stream.security import make_server, start_authenticator
 
@@ -55,6 +56,7 @@ class ServiceConfig:
     curve_secret: str | None = None  # the service's secret key file: CURVE on both sockets
     curve_authorized: str | None = None  # directory of public keys of clients allowed in
     linger_ms: int = 2000
+    metrics: str | None = None  # HOST:PORT: Prometheus /metrics and /healthz over HTTP (edgead.stream.metrics)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -153,6 +155,7 @@ class Service:
         self.pub_endpoint = ""
         self.result_seq = 0
         self.failure: str | None = None
+        self.metrics = None  # the metrics exporter while run() serves with cfg.metrics
         self._stop = threading.Event()  # run() replaces it with the caller's
         self._threads: list[threading.Thread] = []
 
@@ -188,6 +191,8 @@ class Service:
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set. Runs the worker in the calling thread. Raises ServiceFailure when a thread
         died (the service stops with it), ValueError when the endpoints cannot be used."""
+        if self.cfg.metrics:
+            self.metrics = ServiceMetrics(self, self.cfg.metrics)  # binds now: a port in use fails before the rest
         auth = start_authenticator(self.ctx, self.cfg.curve_authorized) if self.cfg.curve_authorized else None
         sub, pub = self._socket(zmq.SUB), self._socket(zmq.PUB)
         sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
@@ -205,11 +210,15 @@ class Service:
                 sock.close(linger=0)
             if auth is not None:
                 auth.stop()
+            if self.metrics is not None:
+                self.metrics.close()
             raise ValueError(f"cannot use endpoints --sub {self.cfg.sub} / --pub {self.cfg.pub}: {exc}") from None
         self.pub_endpoint = pub.last_endpoint.decode()
         self._stop = stop  # a failing thread stops the whole service through the caller's event
         self._spawn("receiver", self._receive, sub, monitor)
         self._spawn("publisher", self._publish, pub)
+        if self.metrics is not None:
+            self.metrics.start()
         self.ready.set()
         try:
             while not self._stop.is_set():
@@ -228,6 +237,8 @@ class Service:
             publisher.join()
             if auth is not None:
                 auth.stop()
+            if self.metrics is not None:
+                self.metrics.close()
         if self.failure is not None:
             raise ServiceFailure(self.failure)
 
@@ -277,8 +288,11 @@ class Service:
             except zmq.Again:
                 return n
             n += 1
+            identity = protocol.frame_identity(parts)  # before flow control: a dropped frame is no sequence gap
             with self.stats.lock:
                 self.stats.frames_in += 1
+                if identity is not None:
+                    self.stats.sequences.observe(*identity)
             self.buffer.put((parts, time.time()))
 
     def _publish(self, pub: zmq.Socket) -> None:
@@ -302,6 +316,8 @@ class Service:
                     self.stats.not_inspected += result["not_inspected"]
                     self.stats.published.append(now)
                     self.stats.latency_ms.append((now - result["t_received"]) * 1e3)
+                if self.metrics is not None:
+                    self.metrics.observe(result)
             pub.send_multipart(protocol.encode_message(protocol.STATUS_TOPIC, self.status()))
         finally:
             pub.close()  # with linger: queued messages still go out
@@ -329,8 +345,6 @@ class Service:
             except protocol.FrameError as exc:
                 header = exc.header
                 raise
-            with self.stats.lock:
-                self.stats.sequences.observe(header["sensor"], header["seq"])
             t1 = time.perf_counter()
             timings["decode"] = (t1 - t0) * 1e3
             if self.scene is not None:
