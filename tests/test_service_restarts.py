@@ -41,27 +41,33 @@ def results_for(client, wanted: set[str], timeout_s: float = 30.0) -> dict[str, 
 @pytest.mark.parametrize("way", ["ended", "killed", "rebound"])
 def test_sensor_restarts_of_every_kind_lose_no_frame_after_the_restart(way):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    with running_service(sub_endpoint=endpoint, policy="every", queue=256) as (service, _, client):
-        wait_status(client)
-        previous = None
-        for i in range(RESTARTS):
-            run = f"{way}{i}"
-            if way == "rebound" and previous is not None:
-                previous.send_signal(signal.SIGTERM)  # the new process binds while this one is still going
-            proc = start_sensor(endpoint, run, FRAMES, forever=way == "killed")
-            got = results_for(client, {f"{run}-{k}" for k in range(FRAMES)})
-            assert all(r["status"] == "ok" and r["anomalous"] is False for r in got.values())
-            if way == "killed":
-                proc.kill()  # mid-stream: it is still sending
-            if way == "ended":
-                assert proc.wait(20) == 0
-            if previous is not None:
-                previous.wait(20)
-            previous = proc
-        previous.kill()
-        previous.wait(20)
-        status = wait_status(client)
-        assert service.healthy() and status["healthy"] is True
+    procs: list[subprocess.Popen] = []
+    try:
+        with running_service(sub_endpoint=endpoint, policy="every", queue=256) as (service, _, client):
+            wait_status(client)
+            previous = None
+            for i in range(RESTARTS):
+                run = f"{way}{i}"
+                if way == "rebound" and previous is not None:
+                    previous.send_signal(signal.SIGTERM)  # the new process binds while this one is still going
+                proc = start_sensor(endpoint, run, FRAMES, forever=way == "killed")
+                procs.append(proc)
+                got = results_for(client, {f"{run}-{k}" for k in range(FRAMES)})
+                assert all(r["status"] == "ok" and r["anomalous"] is False for r in got.values())
+                if way == "killed":
+                    proc.kill()  # mid-stream: it is still sending
+                if way == "ended":
+                    assert proc.wait(20) == 0
+                if previous is not None:
+                    previous.wait(20)
+                previous = proc
+            previous.kill()
+            previous.wait(20)
+            status = wait_status(client)
+            assert service.healthy() and status["healthy"] is True
+    finally:
+        for proc in procs:  # a failed assertion must not leave sensors running
+            proc.kill()
     assert status["frames_out"] >= RESTARTS * FRAMES and status["errors"] == 0
 
 
