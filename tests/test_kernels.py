@@ -84,6 +84,7 @@ def cloud(n, seed):
     return (np.random.default_rng(seed).random((n, 3)) * 100).astype(np.float32)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("n,m,start", [(1, 1, 0), (5000, 128, 17), (200_000, 512, 0), (65536, 2048, 3)])
 def test_gpu_fps_equals_cpu(cuda_ops, n, m, start):
     pts = cloud(n, n)
@@ -94,11 +95,13 @@ def test_gpu_fps_equals_cpu(cuda_ops, n, m, start):
     assert cuda_ops.fps_aborts == 0  # the single-launch kernel ran (its grid was co-resident)
 
 
+@pytest.mark.gpu
 def test_gpu_fps_refuses_a_start_outside_the_cloud(cuda_ops):
     with pytest.raises(ValueError, match="start"):
         cuda_ops.farthest_point_sample(cloud(100, 0), 10, 100)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("m,n,k", [(1000, 3000, 1), (50_000, 8192, 3), (300, 5000, 5), (256, 16384, 16),
                                    (256, 16384, 17), (256, 16384, 32), (64, 20000, 100), (64, 20000, 511),
                                    (64, 20000, 512), (8, 2000, 1024)])
@@ -113,6 +116,7 @@ def test_gpu_knn_and_group_equal_cpu(cuda_ops, m, n, k):
     np.testing.assert_array_equal(idx_gpu, i_cpu)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("k", [1, 3, 16, 17, 32, 512])
 def test_gpu_ties_and_duplicates_equal_cpu(cuda_ops, k):
     ref = grid_with_duplicates()
@@ -123,6 +127,7 @@ def test_gpu_ties_and_duplicates_equal_cpu(cuda_ops, k):
     np.testing.assert_array_equal(cuda_ops.nearest_distance(q, ref), ops.nearest_distance(q, ref))
 
 
+@pytest.mark.gpu
 def test_gpu_ops_work_from_another_thread_and_leave_no_context_pushed(cuda_ops):
     """serve loads in one thread and detects in another; pycuda's context stack is per thread."""
     import pycuda.driver as cuda
@@ -141,3 +146,17 @@ def test_gpu_ops_work_from_another_thread_and_leave_no_context_pushed(cuda_ops):
     assert not errors and len(out) == 1
     np.testing.assert_array_equal(out[0], ops.farthest_point_sample(cloud(3000, 5), 64, 0))
     assert cuda.Context.get_current() is None  # nothing left pushed in this thread either (pycuda aborts at exit)
+
+
+@pytest.mark.gpu
+def test_a_process_using_the_gpu_ops_exits_cleanly(cuda_ops, tmp_path):
+    """pycuda aborts a process at exit (status 134) when a context is left on its stack: GpuContext pops it."""
+    import sys
+
+    compile_kernels(tmp_path)
+    code = ("import sys, numpy as np\n"
+            "from edgead.runtime.cuda_ops import CudaOps, GpuContext\n"
+            "ops = CudaOps(sys.argv[1], GpuContext(0))\n"
+            "print(ops.farthest_point_sample(np.random.default_rng(0).random((5000, 3), np.float32), 32)[:4])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

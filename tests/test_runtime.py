@@ -13,6 +13,7 @@ pytest.importorskip("onnxruntime")
 from engine_helpers import part, trained_and_exported  # noqa: E402
 
 from edgead.detectors import build_pipeline  # noqa: E402
+from edgead.export import export_run, trt  # noqa: E402
 from edgead.formats.digest import sha256_file  # noqa: E402
 from edgead.formats.engine import read_engine, write_manifest  # noqa: E402
 from edgead.runtime import EdgeDetector  # noqa: E402
@@ -97,17 +98,32 @@ def test_an_edited_manifest_field_is_refused(engines, tmp_path):
         EdgeDetector.load(tmp_path / "dusnet.onnx")
 
 
-def test_cuda_ops_detector_equals_the_cpu_pipeline(engines, tmp_path):
-    """A detector end to end with the geometry on the GPU (CudaOps through pycuda, the network on ONNX Runtime) gives
-    the CPU pipeline's result bit for bit: same FPS, same neighbours, same scores."""
+@pytest.fixture(scope="module")  # module scope: set up (and skipped) before the module-scoped engines are trained
+def gpu_geometry(tmp_path_factory):
+    """CudaOps on GPU 0 with freshly compiled kernels; skips without a GPU."""
     pytest.importorskip("pycuda", reason="pycuda not installed")
     from edgead.export.kernels import compile_kernels, gpu_arch
 
-    if gpu_arch() is None or compile_kernels(tmp_path) is None:
+    folder = tmp_path_factory.mktemp("kernels")
+    if gpu_arch() is None or compile_kernels(folder) is None:
         pytest.skip("no CUDA GPU or no nvcc here")
     from edgead.runtime.cuda_ops import CudaOps, GpuContext
 
-    geometry = CudaOps(tmp_path, GpuContext(0))
+    return CudaOps(folder, GpuContext(0))
+
+
+@pytest.fixture(scope="module")
+def tensorrt_here():
+    reason = trt.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.mark.gpu
+def test_cuda_ops_detector_equals_the_cpu_pipeline(gpu_geometry, engines):
+    """A detector end to end with the geometry on the GPU (CudaOps through pycuda, the network on ONNX Runtime) gives
+    the CPU pipeline's result bit for bit: same FPS, same neighbours, same scores."""
+    geometry = gpu_geometry
     for kind in ("dusnet", "r3dad"):
         cpu = EdgeDetector.load(engines[kind][1] / f"{kind}.onnx")
         engine = read_engine(engines[kind][1] / f"{kind}.onnx")
@@ -119,13 +135,9 @@ def test_cuda_ops_detector_equals_the_cpu_pipeline(engines, tmp_path):
         assert a.score == b.score
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["dusnet", "r3dad"])
-def test_tensorrt_matches_onnx_runtime(engines, kind, tmp_path):
-    from edgead.export import export_run, trt
-
-    reason = trt.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+def test_tensorrt_matches_onnx_runtime(tensorrt_here, engines, kind, tmp_path):
     run, _ = engines[kind]
     export_run(run, tmp_path, kind, "all")
     frame = part(n=20000, seed=9, bump=True)

@@ -126,10 +126,11 @@ def fit_baseline(pipe: Pipeline, model: DusNet, frames: list[np.ndarray], k: int
     """(M,) mean eq. 16 score (sensor units) of the k training points nearest each reference point, over the
     (aligned, unaugmented) training frames: the reconstruction error a normal part has there."""
     model.eval()
+    device = next(model.parameters()).device
     total = np.zeros(len(pipe.reference), np.float64)
     for x in frames:
         patches, centers = pipe.group(x)
-        (recon,) = model(torch.from_numpy(patches), torch.from_numpy(centers))
+        (recon,) = model(torch.from_numpy(patches).to(device), torch.from_numpy(centers).to(device))
         s = score_points(x, recon.cpu().numpy(), pipe.config.score, pipe.config.normal_k) * pipe.normalization.scale
         idx = ops.knn(pipe.reference, x, min(k, len(x))).idx
         total += s[idx].mean(1)
@@ -219,7 +220,6 @@ def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Pres
         save_checkpoint(out, model, optimizer, stage=stage_i, step=0, rng=rng, gen=gen)
     log.close()
 
-    model.cpu()
     pipe = Pipeline(setting.pipeline, pipe.normalization, pipe.reference, fit_baseline(pipe, model, frames))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(out) / WEIGHTS)
     meta, arrays = pipe.state()
