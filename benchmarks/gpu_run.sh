@@ -93,8 +93,8 @@ if [ $DRY = 1 ]; then
   DEVICE=cpu; POINTS=3000; N_TEST=2; DUS=(--preset tiny --steps 3); R3D=(--preset cpu --steps 2); TRAIN_S=120
   skip install "dry run: the CPU environment has the packages"
 else
-  DEVICE=cuda; POINTS=16000; N_TEST=10; DUS=(--preset paper --time-budget 120); R3D=(--preset paper --time-budget 90)
-  TRAIN_S=360
+  DEVICE=cuda; POINTS=12000; N_TEST=10; DUS=(--preset paper --time-budget 90); R3D=(--preset paper --time-budget 60)
+  TRAIN_S=300
   # 2. install: into a private site folder that goes first on PYTHONPATH; pycuda from its wheel, else its sdist
   SITE=$WORK/site
   install() {

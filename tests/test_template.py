@@ -160,3 +160,33 @@ def test_fit_tolerance_sits_just_above_a_good_fit():
     fit = pipe.residual(coarse, *pipe.icp(coarse))
     assert fit < tol < 4 * fit
     assert template_train.fit_tolerance(aligned[:1], template.TemplateConfig()) == 0.0  # one scan: always restart
+
+
+def test_a_run_directory_of_an_older_format_is_refused_by_name(run_dir, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "pipeline.npz").write_bytes((run_dir / "pipeline.npz").read_bytes())
+    (old / "model.json").write_text(json.dumps({"pipeline": {"kind": "template"}, "name": "template",
+                                                "model_hash": "0123456789abcdef"}))  # what edgead 0.1 wrote
+    with pytest.raises(ValueError, match="format 'edgead-run/1"):
+        EdgeDetector.load(old)
+
+
+def test_an_edited_run_directory_is_refused(run_dir, tmp_path):
+    import shutil
+
+    for edit in ("field", "array"):
+        copy = tmp_path / edit
+        shutil.copytree(run_dir, copy)
+        doc = json.loads((copy / "model.json").read_text())
+        if edit == "field":
+            doc["pipeline"]["config"]["trim"] = 0.5
+            (copy / "model.json").write_text(json.dumps(doc))
+            match = "content hash"
+        else:
+            arrays = dict(np.load(copy / "pipeline.npz"))
+            arrays["reference"][0, 0] += 0.01  # one reference point moved by 10 um, saved again
+            np.savez(copy / "pipeline.npz", **arrays)
+            match = "sha256"
+        with pytest.raises(ValueError, match=match):
+            EdgeDetector.load(copy)
