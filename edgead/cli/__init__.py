@@ -17,6 +17,7 @@ from edgead import __version__
 COMMANDS = {
     "synth": "generate the synthetic benchmark (Real3D-AD layout)",
     "train": "train a detector (template, dusnet, r3dad) on normal scans",
+    "pretrain": "pre-train DUS-Net's networks on a folder of shapes (meshes or point clouds)",
     "eval": "evaluate a detector on test categories (AUROC/AUPR, timing, plots)",
     "export": "export a trained run to ONNX / TensorRT engines with a manifest",
     "bench": "benchmark a detector's per-stage latency against a plain k-d tree pass and PyTorch eager",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgead.tools.corpus import generate_corpus
 from edgead.tools.synth import CATEGORIES, TEST_FRACTION, TRAIN_POINTS, generate
 
 
@@ -22,9 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defective", type=int, default=15, dest="n_defective",
                    help="defective test scans per category, cycling through the defect types (default 15)")
     p.add_argument("--workers", type=int, help="processes (default: up to 2); the output does not depend on it")
+    p.add_argument("--corpus", type=int, metavar="N",
+                   help="instead of the benchmark: N procedural parts for `edgead pretrain` (plates, channels, "
+                        "shafts, housings, flanges; never the benchmark's categories), --points points each")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.corpus is not None:
+        meta = generate_corpus(args.out, args.corpus, args.seed, args.points)
+        print(f"wrote {meta['parts']} parts to {args.out}: " + ", ".join(f"{n} {f}s" for f, n in
+                                                                         meta["families"].items()))
+        return 0
     generate(args.out, seed=args.seed, track=args.track, categories=args.categories, points=args.points,
              n_train=args.n_train, n_good=args.n_good, n_defective=args.n_defective, workers=args.workers,
              progress=True)

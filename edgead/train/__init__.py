@@ -2,7 +2,8 @@
 
 One module per kind, each with ``PRESETS`` (where it has a network) and ``train(clouds, out, opts) -> model_hash``;
 :data:`TRAINERS` maps the kinds to them. ``common`` holds what they share (options, seeding, checkpoints and
-``--resume``, the training log, the LR schedule, ``--init``); ``patchgen`` is R3D-AD's defect simulator.
+``--resume``, the training log, the LR schedule, ``--init``); ``patchgen`` is R3D-AD's defect simulator;
+``pretrain`` pre-trains DUS-Net on a folder of shapes.
 
 Imports: torch, ``edgead.models``, ``edgead.detectors``, ``edgead.formats``, ``edgead.ops``.
 """

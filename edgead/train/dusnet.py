@@ -154,6 +154,21 @@ def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Pres
         raise ValueError("dusnet: no training clouds")
     clouds = [np.asarray(c, dtype=np.float32) for c in clouds]
     setting = setting or preset(opts.preset)
+    t0, c0 = time.time(), time.process_time()  # wall and CPU time (the CPU time is the budget on a shared host)
+    pipe, frames = fit_pipeline(clouds, setting.pipeline)
+    model, info = fit_network(pipe, frames, Path(out), opts, setting)
+    pipe = Pipeline(setting.pipeline, pipe.normalization, pipe.reference, fit_baseline(pipe, model, frames))
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(out) / WEIGHTS)
+    meta, arrays = pipe.state()
+    info.update(n_clouds=len(clouds), time_s=round(time.time() - t0, 1), cpu_s=round(time.process_time() - c0, 1))
+    return write_run(out, kind=Kind.DUSNET.value, pipeline=meta, arrays=arrays, arch=setting.arch.to_dict(),
+                     train=info, files=(WEIGHTS,))
+
+
+def fit_network(pipe: Pipeline, frames: list[np.ndarray], out: Path, opts: TrainOptions,
+                setting: Preset) -> tuple[DusNet, dict]:
+    """The two training stages on augmented samples of ``frames`` (normalised clouds), grouped as ``pipe`` groups;
+    checkpoints and the training log go to ``out``. Returns the model (on ``opts.device``) and the training record."""
     tc = setting.train
     if opts.steps is not None:
         tc = replace(tc, steps_down=opts.steps, steps_up=opts.steps)
@@ -161,12 +176,15 @@ def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Pres
         tc = replace(tc, steps_down=0)
     rng, gen = seeded(opts.seed)
     device = torch.device(opts.device)
-    t0, c0 = time.time(), time.process_time()  # wall and CPU time (the CPU time is the budget on a shared host)
-    pipe, frames = fit_pipeline(clouds, setting.pipeline)
+    t0, c0 = time.time(), time.process_time()
     pool = make_pool(pipe, frames, tc.pool, rng)
     model = DusNet(setting.arch, setting.pipeline.groups)
     if opts.init is not None:
-        model.load_state_dict(load_init(opts.init))
+        try:
+            model.load_state_dict(load_init(opts.init))
+        except RuntimeError as exc:  # another architecture: say so in one line
+            raise ValueError(f"{opts.init}: its weights do not fit the {opts.preset!r} preset's network "
+                             f"({str(exc).splitlines()[1].strip()}); pre-train with the same --preset") from None
     stages = [("down", tc.steps_down, model.down), ("up", tc.steps_up, model.up)]
     stage_i, step = 0, 0
     ck = load_checkpoint(out, model, rng, gen) if opts.resume else None
@@ -219,14 +237,7 @@ def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Pres
             optimizer = torch.optim.Adam(stages[stage_i][2].parameters(), lr=tc.lr)
         save_checkpoint(out, model, optimizer, stage=stage_i, step=0, rng=rng, gen=gen)
     log.close()
-
-    pipe = Pipeline(setting.pipeline, pipe.normalization, pipe.reference, fit_baseline(pipe, model, frames))
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(out) / WEIGHTS)
-    meta, arrays = pipe.state()
     info = {"preset": opts.preset, "seed": opts.seed, "device": str(device), "steps_down": done["down"],
             "steps_up": done["up"], "planned_steps": [tc.steps_down, tc.steps_up], "time_budget": opts.time_budget,
-            "n_clouds": len(clouds), "repulsion_h": h, "time_s": round(time.time() - t0, 1),
-            "cpu_s": round(time.process_time() - c0, 1), "init": str(opts.init) if opts.init else None,
-            "config": asdict(tc)}
-    return write_run(out, kind=Kind.DUSNET.value, pipeline=meta, arrays=arrays, arch=setting.arch.to_dict(),
-                     train=info, files=(WEIGHTS,))
+            "repulsion_h": h, "init": str(opts.init) if opts.init else None, "config": asdict(tc)}
+    return model, info
