@@ -116,6 +116,18 @@ def test_pretrain_then_fine_tune_from_it(tmp_path):
     assert all(torch.equal(tuned[k], ck["model"][k]) for k in tuned)  # 0 steps: the pre-trained weights, kept
     with pytest.raises(ValueError, match="do not fit the 'cpu' preset"):
         T.train(clouds, tmp_path / "run2", TrainOptions(preset="cpu", steps=0, progress=False, init=out))
-    record = pretrain(shapes, tmp_path / "again.pt", TrainOptions(preset="tiny", steps=3, progress=False,
-                                                                   time_budget=60))
+    record = pretrain("dusnet", shapes, tmp_path / "again.pt", TrainOptions(preset="tiny", steps=3, progress=False,
+                                                                             time_budget=60))
     assert record["steps_down"] == record["steps_up"] == 3
+
+
+def test_r3dad_pretrains_too_and_fine_tunes_from_it(tmp_path):
+    shapes = [corpus_part(2, i, 3000)[1] for i in range(5)]
+    record = pretrain("r3dad", shapes, tmp_path / "r.pt", TrainOptions(preset="cpu", steps=2, progress=False))
+    assert record["steps"] == 2 and record["shapes"] == 5
+    from edgead.train import r3dad as R
+
+    R.train(shapes[:2], tmp_path / "run", TrainOptions(preset="cpu", steps=0, progress=False, init=tmp_path / "r.pt"))
+    pre, tuned = torch.load(tmp_path / "r.pt", weights_only=True)["model"], torch.load(
+        tmp_path / "run" / "weights.pt", weights_only=True)
+    assert all(torch.equal(tuned[k], pre[k]) for k in tuned)

@@ -118,14 +118,29 @@ def train(clouds, out: Path, opts: TrainOptions, setting: Preset | None = None) 
     """Train on normal clouds (sensor units) into run directory ``out``; returns its model hash. ``setting``
     replaces the preset named in ``opts``; ``opts.steps`` overrides its steps."""
     setting = setting or preset(opts.preset)
-    tc = replace(setting.train, steps=opts.steps) if opts.steps else setting.train
     out = Path(out)
-    rng, gen = seeded(opts.seed)
+    rng = np.random.default_rng(opts.seed)
     pipe, clouds = normalised_clouds(list(clouds), setting.pipeline)
-    views = view_pool(clouds, setting.pipeline.num_points, max(1, tc.views // len(clouds)), rng)
+    views = view_pool(clouds, setting.pipeline.num_points, max(1, setting.train.views // len(clouds)), rng)
+    model, info = fit_network(views, out, opts, setting)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
+    meta, arrays = pipe.state()
+    return write_run(out, kind=Kind.R3DAD.value, pipeline=meta, arrays=arrays, arch=setting.arch.to_dict(),
+                     train={**info, "clouds": len(clouds)}, files=(WEIGHTS,))
+
+
+def fit_network(views: np.ndarray, out: Path, opts: TrainOptions, setting: Preset) -> tuple[R3DAD, dict]:
+    """Algorithm 2 on Patch-Gen pairs made from ``views`` (V, M, 3); checkpoints and the log go to ``out``. Returns
+    the model (on ``opts.device``) and the training record."""
+    tc = replace(setting.train, steps=opts.steps) if opts.steps else setting.train
+    rng, gen = seeded(opts.seed + 1)  # not the generator that drew the views
     model = R3DAD(setting.arch)
     if opts.init:
-        model.load_state_dict(load_init(opts.init))
+        try:
+            model.load_state_dict(load_init(opts.init))
+        except RuntimeError as exc:  # another architecture: say so in one line
+            raise ValueError(f"{opts.init}: its weights do not fit the {opts.preset!r} preset's network "
+                             f"({str(exc).splitlines()[1].strip()}); pre-train with the same --preset") from None
     ck = load_checkpoint(out, model, rng, gen) if opts.resume else None
     start = ck["step"] if ck is not None else 0
     model.to(opts.device)
@@ -154,10 +169,7 @@ def train(clouds, out: Path, opts: TrainOptions, setting: Preset | None = None) 
         if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
             save_checkpoint(out, model, optimizer, stage=0, step=step + 1, rng=rng, gen=gen)
     log.close()
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
-    meta, arrays = pipe.state()
-    info = {"preset": opts.preset, "seed": opts.seed, "clouds": len(clouds), "config": asdict(tc), "steps": done,
-            "time_budget": opts.time_budget,
-            "time_s": round(time.perf_counter() - t0, 1), "init": str(opts.init) if opts.init else None}
-    return write_run(out, kind=Kind.R3DAD.value, pipeline=meta, arrays=arrays, arch=setting.arch.to_dict(),
-                     train=info, files=(WEIGHTS,))
+    info = {"preset": opts.preset, "seed": opts.seed, "config": asdict(tc), "steps": done,
+            "time_budget": opts.time_budget, "time_s": round(time.perf_counter() - t0, 1),
+            "init": str(opts.init) if opts.init else None}
+    return model, info
