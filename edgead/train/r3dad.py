@@ -132,7 +132,7 @@ def train(clouds, out: Path, opts: TrainOptions, setting: Preset | None = None) 
 def fit_network(views: np.ndarray, out: Path, opts: TrainOptions, setting: Preset) -> tuple[R3DAD, dict]:
     """Algorithm 2 on Patch-Gen pairs made from ``views`` (V, M, 3); checkpoints and the log go to ``out``. Returns
     the model (on ``opts.device``) and the training record."""
-    tc = replace(setting.train, steps=opts.steps) if opts.steps else setting.train
+    tc = replace(setting.train, steps=opts.steps) if opts.steps is not None else setting.train
     rng, gen = seeded(opts.seed + 1)  # not the generator that drew the views
     model = R3DAD(setting.arch)
     if opts.init:
