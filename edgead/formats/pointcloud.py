@@ -537,6 +537,9 @@ def _array_to_cloud(path, arr: np.ndarray, labels=None):
         arr = arr.reshape(-1, arr.shape[2])
     if arr.ndim != 2 or arr.shape[1] < 3:
         raise PointCloudError(path, f"expected an (N, 3) array of points (x, y, z columns), got shape {arr.shape}")
+    if arr.shape[0] in (3, 4) and arr.shape[1] > arr.shape[0]:  # x, y, z [label] as rows: not 3 or 4 points
+        raise PointCloudError(path, f"expected an (N, 3) array of points (x, y, z columns), got shape {arr.shape}: "
+                                    "transposed? save the points as rows (np.save(path, points.T))")
     if labels is None and arr.shape[1] == 4 and _integral(arr[:, 3]):
         labels = arr[:, 3]
     return arr[:, :3], labels
