@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": "run the streaming detection service over ZeroMQ",
     "sensor": "publish sensor frames (realsense, replay) over ZeroMQ",
     "calibrate": "calibrate the scene (plane, ROI) or the decision threshold",
+    "predict": "score scans (files or folders): results.csv, results.jsonl and heat-map images",
     "keys": "create CURVE key pairs for serve, sensors and clients",
     "bridge": "pass results and status on to plant systems: OPC UA server or MQTT broker",
     "demo": "replay synthetic parts through the service and print results live",
