@@ -94,9 +94,10 @@ def prepare_out(out: Path, force: bool) -> None:
 
 
 def image_names(files: list[Path]) -> list[str]:
-    """A distinct image file name per scan: its stem, prefixed with its folder where stems repeat."""
+    """A distinct image name per scan: its stem; its file name where stems repeat (``a.ply``, ``a.csv``); with its
+    position in the batch where even those repeat (same names in different folders)."""
     stems = [f.stem for f in files]
-    names = [f"{f.parent.name}_{f.stem}" if stems.count(f.stem) > 1 else f.stem for f in files]
+    names = [f.name if stems.count(f.stem) > 1 else f.stem for f in files]
     return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
