@@ -14,7 +14,8 @@ Supported formats, chosen by extension:
   ``WIDTH x HEIGHT`` clouds come back as ``WIDTH * HEIGHT`` rows in row-major order.
 * ``.ply``: ``ascii``, ``binary_little_endian`` and ``binary_big_endian``; the ``vertex`` element with any extra
   properties; other elements (faces, edges) are skipped.
-* ``.npy`` (an ``(N, >=3)`` array) and ``.npz`` (the ``points`` array, else the first one).
+* ``.npy`` (an ``(N, >=3)`` array; a ``(3, N)`` or ``(4, N)`` one is refused as transposed) and ``.npz`` (the
+  ``points`` array, else the first one).
 * ``.txt``, ``.xyz``, ``.csv``: one point per line, ``x y z [label]``, separated by spaces or commas; ``#`` starts
   a comment.
 
