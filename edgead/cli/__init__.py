@@ -39,7 +39,7 @@ def add_verbosity(parser: argparse.ArgumentParser, default=argparse.SUPPRESS) ->
     parser.add_argument("-v", "--verbose", action="count", default=0 if default is None else default,
                         help="more output: -v logs each step (serve: each result), -vv debug")
     parser.add_argument("-q", "--quiet", action="store_true", default=False if default is None else default,
-                        help="errors only: no progress bars, no warnings")
+                        help="no progress bars, no warnings: errors and results only")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
