@@ -126,11 +126,7 @@ class TrainLog:
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training, raised once a checkpoint of the last complete step is saved (``--resume`` goes on
-    from there)."""
-
-    def __init__(self, step: int, total: int, stage: str, checkpoint: Path):
-        super().__init__(f"at step {step} of {total} ({stage}); checkpoint saved to {checkpoint}")
-        self.step, self.total, self.stage, self.checkpoint = step, total, stage, checkpoint
+    from there). The message says which step and where the checkpoint is."""
 
 
 def busy_note() -> str | None:
@@ -158,11 +154,11 @@ class TrainLoop:
         self.desc, self.stages, self.opts, self.save = desc, list(stages.items()), opts, checkpoint
         self.checkpoint = Path(out) / CHECKPOINT
         self.total = sum(stages.values())
-        done = sum(n for _, n in self.stages[: start[0]]) + start[1]
+        done = self.done(*start)
         self.bar = tqdm(total=self.total, initial=min(done, self.total), desc=desc, unit="step",
                         disable=not opts.progress, dynamic_ncols=True)
         self.stop_requested = False
-        self._previous_handler = None
+        self._handler: tuple | None = None  # (the SIGINT handler replaced while the loop runs,)
         if start != (0, 0):
             stage = self.stages[min(start[0], len(self.stages) - 1)][0]
             self.note(f"resumed from {self.checkpoint} at step {done} of {self.total} ({stage} step {start[1]})")
@@ -170,14 +166,18 @@ class TrainLoop:
             self.note(busy)
 
     def __enter__(self) -> TrainLoop:
-        if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGINT, self._interrupt)
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._handler = (signal.signal(signal.SIGINT, self._interrupt),)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
+        if self._handler is not None:
+            signal.signal(signal.SIGINT, self._handler[0])
         self.bar.close()
+
+    def done(self, stage: int, step: int) -> int:
+        """Steps of the whole run done at ``step`` of ``stage``."""
+        return sum(n for _, n in self.stages[:stage]) + step
 
     def _interrupt(self, signum, frame) -> None:
         if self.stop_requested:
@@ -202,8 +202,8 @@ class TrainLoop:
         for step in range(start, total):
             if self.stop_requested:
                 self.save(stage, step)
-                done = sum(n for _, n in self.stages[:stage]) + step
-                raise Interrupted(done, self.total, f"{name} step {step} of {total}", self.checkpoint)
+                raise Interrupted(f"at step {self.done(stage, step)} of {self.total} ({name} step {step} of "
+                                  f"{total}); checkpoint saved to {self.checkpoint}")
             if time.monotonic() > deadline:
                 return
             yield step
