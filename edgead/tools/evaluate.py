@@ -174,7 +174,7 @@ def plot(runs: list[CategoryRun], rep: dict, path: Path, threshold: float | None
         threshold, _ = f1_threshold(scores[labels == 0], scores[labels == 1])
         source = "F1-optimal on these scans: optimistic"
     else:
-        source = "given" if threshold is not None else "none: one class only"
+        source = "--threshold" if threshold is not None else "none: one class only"
     shown = [r for r in runs if r.shown][:max_categories]
     fig = plt.figure(figsize=(18, 4.4 * (1 + len(shown))), layout="constrained")
     grid = fig.add_gridspec(1 + len(shown), 4)

@@ -71,15 +71,19 @@ def score_norm(scores: np.ndarray, threshold: float | None):
                                                            vmax=max(top, threshold * 1.05))
 
 
+def _even(idx: np.ndarray, n: int) -> np.ndarray:
+    """``n`` of ``idx``, evenly spaced (0 <= n <= len(idx))."""
+    return idx[np.linspace(0, len(idx) - 1, n).astype(np.int64)] if n > 0 else idx[:0]
+
+
 def drawn(scores: np.ndarray, threshold: float | None, max_points: int = MAX_DRAWN) -> np.ndarray:
-    """Indices of the points to draw, lowest score first: every hot point (above ``threshold``) and an even
-    sample of the rest, at most ``max_points`` (NaN scores left out)."""
+    """Indices of the points to draw, lowest score first: at most ``max_points``, every hot point (above
+    ``threshold``; evenly thinned only if they alone are more) and an even sample of the rest; NaN scores left out."""
     finite = np.flatnonzero(np.isfinite(scores))
-    hot = finite[scores[finite] > threshold] if threshold is not None else finite[:0]
-    hot = hot[np.linspace(0, len(hot) - 1, min(len(hot), max_points)).astype(np.int64)] if len(hot) else hot
-    rest = np.setdiff1d(finite, hot, assume_unique=True)
-    n_rest = min(len(rest), max_points - len(hot))
-    keep = np.r_[rest[np.linspace(0, len(rest) - 1, n_rest).astype(np.int64)] if n_rest > 0 else rest[:0], hot]
+    is_hot = scores[finite] > threshold if threshold is not None else np.zeros(len(finite), bool)
+    hot, rest = finite[is_hot], finite[~is_hot]
+    hot = _even(hot, min(len(hot), max_points))
+    keep = np.r_[_even(rest, min(len(rest), max_points - len(hot))), hot]
     return keep[np.argsort(scores[keep], kind="stable")]
 
 
