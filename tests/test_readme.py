@@ -59,8 +59,8 @@ def test_the_readme_workflow_runs_as_written(tmp_path):
     export_says = outputs["export"].stdout + outputs["export"].stderr
     assert ("FP16 engine's point scores differ" in export_says) == (not manifest["fp16_within_tolerance"])
     assert "engine" in outputs["bench"].stdout and "frames/s" in outputs["bench"].stdout
-    for step, bar in (("train", "dusnet up-net: "), ("eval", "bottle: "), ("export", "export dusnet: "), ("bench", "engine: "),
-                      ("calibrate", "scoring good scans: "), ("predict", "predict: ")):
+    for step, bar in (("train", "dusnet up-net: "), ("eval", "bottle: "), ("export", "export dusnet: "),
+                      ("bench", "engine: "), ("calibrate", "scoring good scans: "), ("predict", "predict: ")):
         assert bar in outputs[step].stderr, step  # long work shows progress (tqdm, on stderr)
     threshold = json.loads((tmp_path / "calibration" / "threshold.json").read_text())
     assert threshold["n_normal"] == 4 and threshold["method"] == "far"  # the good test scans, not training scans
