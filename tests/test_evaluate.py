@@ -103,21 +103,13 @@ def write_category(root, n_good=2, n_bad=2, n=4000):
 
 
 def test_train_and_eval_commands_on_a_category_root(tmp_path, capsys):
-    import argparse
-
-    from edgead.cli import eval as eval_cmd
-    from edgead.cli import train as train_cmd
+    from edgead import cli
 
     write_category(tmp_path / "data" / "ellipsoid")
-    parser = argparse.ArgumentParser()
-    train_cmd.add_arguments(parser)
-    assert train_cmd.main(parser.parse_args(["template", "--data", str(tmp_path / "data" / "ellipsoid"),
-                                             "--out", str(tmp_path / "run")])) == 0
-    parser = argparse.ArgumentParser()
-    eval_cmd.add_arguments(parser)
-    args = parser.parse_args([str(tmp_path / "run"), "--data", str(tmp_path / "data"),
-                              "--json", str(tmp_path / "r.json")])  # a root of categories
-    assert eval_cmd.main(args) == 0
+    assert cli.main(["train", "template", "--data", str(tmp_path / "data" / "ellipsoid"), "--out",
+                     str(tmp_path / "run")]) == 0
+    assert cli.main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "data"),
+                     "--json", str(tmp_path / "r.json")]) == 0  # a root of categories
     out = capsys.readouterr().out
     assert "ellipsoid" in out and "O-AUROC" in out and "timing" in out
     rep = json.loads((tmp_path / "r.json").read_text())

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     report = run(args.engine, args.points, args.frames, args.reference, args.reference_frames, args.threads,
-                 args.device)
+                 args.device, progress=not args.quiet)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

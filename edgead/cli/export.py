@@ -4,9 +4,12 @@ PyTorch (``edgead.export``)."""
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from edgead.export import Format, export_run
+
+log = logging.getLogger("edgead.export")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,14 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    doc = export_run(args.run_dir, args.out, args.name, args.format, args.frame, args.score_voxel)
+    doc = export_run(args.run_dir, args.out, args.name, args.format, args.frame, args.score_voxel,
+                     progress=not args.quiet)
     for key, figures in doc["parity"].items():
         print(f"parity {key}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
     if not doc["fp16_within_tolerance"]:
         fig = doc["parity"]["onnx_fp16_vs_torch"]
-        print(f"warning: the FP16 engine's point scores differ from PyTorch's by up to {fig['score_max_abs']:.3g} "
-              f"against scores up to {fig['score_max_ref']:.3g}, beyond the stated tolerance of "
-              f"{doc['fp16_score_tolerance']:.0%}; use the FP32 engine ({doc['name']}.onnx) or check the model")
+        log.warning(f"the FP16 engine's point scores differ from PyTorch's by up to {fig['score_max_abs']:.3g} "
+                    f"against scores up to {fig['score_max_ref']:.3g}, beyond the stated tolerance of "
+                    f"{doc['fp16_score_tolerance']:.0%}; use the FP32 engine ({doc['name']}.onnx) or check the model")
     if doc.get("trt_skipped"):
         print(f"no plan: {doc['trt_skipped']}")
     print(f"wrote {', '.join(sorted(doc['files']))} to {args.out}")

@@ -25,6 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from edgead.detectors import Kind, build_pipeline
 from edgead.export import onnx as onnx_export
@@ -44,8 +45,9 @@ class Format(StrEnum):
 
 
 def export_run(run_dir: Path, out: Path, name: str | None = None, fmt: str = "all", frame: Path | None = None,
-               score_voxel: float | None = None) -> dict:
-    """Export a run directory; returns the manifest written to ``out/NAME.json``."""
+               score_voxel: float | None = None, progress: bool = False) -> dict:
+    """Export a run directory; returns the manifest written to ``out/NAME.json``. ``progress``: a bar (stderr)
+    naming each step: the two ONNX exports with their parity checks, the kernels, the TensorRT plan."""
     fmt = Format(fmt)
     run = read_run(run_dir)
     if run.arch is None:
@@ -70,17 +72,20 @@ def export_run(run_dir: Path, out: Path, name: str | None = None, fmt: str = "al
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.") as tmp_dir:
+    steps = tqdm(total=3 + (fmt is not Format.ONNX), desc=f"export {name}", unit="step", disable=not progress)
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.") as tmp_dir, steps:
         tmp = Path(tmp_dir)
         checks = {}
         for fname, half, key in ((f"{name}.onnx", False, "onnx_fp32_vs_torch"),
                                  (f"{name}.fp16.onnx", True, "onnx_fp16_vs_torch")):
+            steps.set_postfix_str(f"{fname} + parity")
             onnx_export.export(graph, feeds, tmp / fname, half=half)
             problems = onnx_export.check_graph(tmp / fname)
             if problems:
                 raise RuntimeError(f"{fname}: graph not fit for TensorRT: " + "; ".join(problems))
             runner = onnx_backend.make_runner(onnx_backend.session(tmp / fname))
             checks[key] = parity.compare(reference, ref_scores, runner(feeds), pipeline, points, context)
+            steps.update()
         save_arrays(tmp / f"{name}.npz", arrays)
         manifest = {
             "name": name, "kind": Kind.parse(run.kind).value, "preset": run.doc["train"].get("preset"),
@@ -94,15 +99,19 @@ def export_run(run_dir: Path, out: Path, name: str | None = None, fmt: str = "al
             "fp16_score_tolerance": parity.FP16_SCORE_TOLERANCE,
             "fp16_within_tolerance": not parity.out_of_tolerance(checks["onnx_fp16_vs_torch"]),
         }
+        steps.set_postfix_str("CUDA kernels")
         kernels = compile_kernels(tmp)
+        steps.update()
         if kernels:
             manifest["kernels"] = kernels
         if fmt is not Format.ONNX:
+            steps.set_postfix_str("TensorRT plan")
             plan, skipped = build_plan(tmp, name, out / "timing.cache", trt_reason)
             if plan:
                 manifest["engines"]["plan"] = plan
             else:
                 manifest["trt_skipped"] = skipped
+            steps.update()
         produced = sorted(p.name for p in tmp.iterdir())
         manifest["files"] = {f: sha256_file(tmp / f) for f in produced}
         for f in produced:

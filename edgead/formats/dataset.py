@@ -28,7 +28,7 @@ import numpy as np
 from edgead.formats.pointcloud import SUFFIXES, PointCloudError, read_labeled, read_points
 
 __all__ = ["DatasetError", "TestSample", "detect_layout", "find_categories", "load_train", "load_test",
-           "LAYOUTS"]
+           "scan_files", "defect_labelled", "training_concerns", "LAYOUTS"]
 
 LAYOUTS = ("real3d", "anomaly_shapenet", "folder")
 
@@ -175,3 +175,39 @@ def find_categories(root) -> list[Path]:
     if not cats:
         raise DatasetError(f"{r}: no categories (sub-directories with train/ or test/) and not a category itself")
     return cats
+
+
+def scan_files(directory) -> list[Path]:
+    """The point-cloud files directly inside ``directory``, sorted by name (hidden files left out)."""
+    return _cloud_files(Path(directory))
+
+
+def defect_labelled(files) -> list[Path]:
+    """The files among ``files`` whose per-point labels mark anomalous points (a ground-truth file, a labelled
+    defective scan): they are not normal scans, whatever their folder says."""
+    bad = []
+    for f in files:
+        _, labels = read_labeled(f)
+        if labels is not None and labels.any():
+            bad.append(Path(f))
+    return bad
+
+
+def training_concerns(directory) -> list[str]:
+    """Why the scans :func:`load_train` takes from ``directory`` may not all be normal parts, one sentence each
+    (empty when nothing looks wrong): a plain folder named like a test split or ground truth, files whose point
+    labels mark defects. A category directory trains on its ``train/`` split and raises no concern."""
+    d = Path(directory)
+    if detect_layout(d) != "folder":
+        return []
+    concerns = []
+    if d.name.lower() in ("test", "gt"):
+        concerns.append(f"{d} is named like a {'test split' if d.name.lower() == 'test' else 'ground-truth folder'}"
+                        f": such folders hold defective parts; train on the category directory ({d.parent}), which "
+                        "uses its train/ scans")
+    bad = defect_labelled(_cloud_files(d))
+    if bad:
+        names = ", ".join(f.name for f in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        concerns.append(f"{len(bad)} of the scans in {d} label points as anomalous ({names}): a detector trained on "
+                        "them learns those defects as normal")
+    return concerns

@@ -14,7 +14,8 @@ Supported formats, chosen by extension:
   ``WIDTH x HEIGHT`` clouds come back as ``WIDTH * HEIGHT`` rows in row-major order.
 * ``.ply``: ``ascii``, ``binary_little_endian`` and ``binary_big_endian``; the ``vertex`` element with any extra
   properties; other elements (faces, edges) are skipped.
-* ``.npy`` (an ``(N, >=3)`` array) and ``.npz`` (the ``points`` array, else the first one).
+* ``.npy`` (an ``(N, >=3)`` array; a ``(3, N)`` or ``(4, N)`` one is refused as transposed) and ``.npz`` (the
+  ``points`` array, else the first one).
 * ``.txt``, ``.xyz``, ``.csv``: one point per line, ``x y z [label]``, separated by spaces or commas; ``#`` starts
   a comment.
 
@@ -537,6 +538,9 @@ def _array_to_cloud(path, arr: np.ndarray, labels=None):
         arr = arr.reshape(-1, arr.shape[2])
     if arr.ndim != 2 or arr.shape[1] < 3:
         raise PointCloudError(path, f"expected an (N, 3) array of points (x, y, z columns), got shape {arr.shape}")
+    if arr.shape[0] in (3, 4) and arr.shape[1] > arr.shape[0]:  # x, y, z [label] as rows: not 3 or 4 points
+        raise PointCloudError(path, f"expected an (N, 3) array of points (x, y, z columns), got shape {arr.shape}: "
+                                    "transposed? save the points as rows (np.save(path, points.T))")
     if labels is None and arr.shape[1] == 4 and _integral(arr[:, 3]):
         labels = arr[:, 3]
     return arr[:, :3], labels

@@ -8,6 +8,10 @@ layout and of the model hash.
     RUN_DIR/pipeline.npz   the pipeline's arrays (reference clouds, normals)
     RUN_DIR/weights.pt     network weights (not for ``template``)
     RUN_DIR/checkpoints/   training checkpoints for ``--resume`` (not part of the model)
+    RUN_DIR/train_log.jsonl  the training log (not part of the model)
+
+A new run goes into a missing or empty directory (:func:`prepare_output`): a run's files beside someone else's
+are how stale notes, weights or checkpoints end up passing for part of the model.
 
 ``read_run`` checks the format version, every listed file's sha256 and the model hash before anything is used: a
 re-saved array, an edited field or swapped weights are refused with an error naming what does not match.
@@ -16,6 +20,7 @@ re-saved array, an edited field or swapped weights are refused with an error nam
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,8 @@ from edgead.formats.digest import (
 
 FORMAT = "edgead-run/2"
 MODEL_JSON, PIPELINE_NPZ, WEIGHTS = "model.json", "pipeline.npz", "weights.pt"
+CHECKPOINTS, TRAIN_LOG = "checkpoints", "train_log.jsonl"
+RUN_FILES = (MODEL_JSON, PIPELINE_NPZ, WEIGHTS, CHECKPOINTS, TRAIN_LOG)
 
 
 class Run(Verified):
@@ -53,6 +60,33 @@ class Run(Verified):
 
 def is_run_dir(path: Path) -> bool:
     return (Path(path) / MODEL_JSON).is_file()
+
+
+def prepare_output(out: Path, *, resume: bool = False, force: bool = False) -> list[str]:
+    """Make ``out`` ready for a training run and return the names of files in it that are not a run's (kept).
+
+    A new run needs ``out`` missing or empty. ``force`` removes a previous run's files (``RUN_FILES``) and keeps
+    anything else; ``resume`` continues the run already there. Raises FileExistsError otherwise, naming what is in
+    the way.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in present if name not in RUN_FILES]
+    if resume:
+        return foreign
+    if present and not force:
+        shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+        raise FileExistsError(f"{out} is not empty ({shown}): train into a new directory, continue the run there with "
+                              "--resume, or replace it with --force")
+    for name in set(present) & set(RUN_FILES):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return foreign
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -192,6 +192,22 @@ def status(*, t: float, uptime_s: float, counters: dict[str, int], fps: float, l
             "model_hash": model.hash, "backend": model.backend, "healthy": healthy}
 
 
+def describe(r: dict) -> str:
+    """One readable line for a result: verdict, score against threshold, the largest regions, latency (what
+    ``edgead demo`` prints and ``edgead serve -v`` logs)."""
+    head = f"#{r['seq'] if r['seq'] is not None else '?':>4} {r['frame_id'] or '':<20}"
+    if r["status"] != "ok":
+        return f"{head} ERROR {r['error']}"
+    verdict = {True: "ANOMALOUS", False: "ok", None: "(no threshold)"}[r["anomalous"]]
+    line = f"{head} score {r['score']:7.3f} / {r['threshold'] or float('nan'):.3f}  {verdict:<9}"
+    for reg in r["regions"][:2]:
+        c, e = reg["centroid"], reg["extent"]
+        line += f"  [{reg['n_points']} pts at ({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f}) mm, {max(e):.1f} mm]"
+    if len(r["regions"]) > 2:
+        line += f" +{len(r['regions']) - 2} more"
+    return line + f"  {r['latency_ms'].get('total', 0):.0f} ms"
+
+
 def encode_message(topic: str, payload: dict) -> list[bytes]:
     return [topic.encode(), pack(payload)]
 

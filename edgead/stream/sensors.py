@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from edgead.formats.pointcloud import PointCloudError, read_points
+from edgead.formats.pointcloud import SUFFIXES, PointCloudError, read_points
 from edgead.formats.scene import Scene, crop
 from edgead.stream import protocol
 from edgead.stream.security import make_client
 
-FILE_SUFFIXES = (".pcd", ".ply", ".npy", ".npz", ".txt", ".xyz")
 RECORDING_SUFFIXES = (".bag", ".db3")  # RealSense recordings: ROS1 bags, rosbag2 (what recent SDKs write)
 
 
@@ -162,15 +161,21 @@ def file_frames(files: list[Path], loop: bool = False, to_points: DepthToPoints 
                 ) -> Iterator[tuple[np.ndarray, float]]:
     """Clouds from point-cloud files and RealSense recordings, in order, forever with ``loop``.
 
-    A file that cannot be read (corrupt, truncated) is skipped with a warning naming it, as a camera drops a bad
-    frame: one broken scan in a folder must not end a replay of the rest.
+    Every file is checked here, before the first frame is asked for: a missing file or an unknown type is reported
+    at once, not after the sensor has waited for a subscriber. A file that cannot be read (corrupt, truncated) is
+    skipped with a warning naming it, as a camera drops a bad frame: one broken scan in a folder must not end a
+    replay of the rest.
     """
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f}: no such file")
-        if f.suffix.lower() not in FILE_SUFFIXES + RECORDING_SUFFIXES:
+        if f.suffix.lower() not in SUFFIXES + RECORDING_SUFFIXES:
             raise ValueError(f"{f}: cannot replay this file type; expected one of "
-                             f"{', '.join(FILE_SUFFIXES + RECORDING_SUFFIXES)}")
+                             f"{', '.join(SUFFIXES + RECORDING_SUFFIXES)}")
+    return _replay(files, loop, to_points)
+
+
+def _replay(files: list[Path], loop: bool, to_points: DepthToPoints | None) -> Iterator[tuple[np.ndarray, float]]:
     while True:
         for f in files:
             if f.suffix.lower() in RECORDING_SUFFIXES:

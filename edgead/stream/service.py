@@ -17,6 +17,7 @@ everything queued and closes with a linger so results reach subscribers.
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import threading
 import time
@@ -33,6 +34,8 @@ from edgead.stream import protocol
 from edgead.stream.metrics import ServiceMetrics
 from edgead.stream.regions import anomalous_regions
 from edgead.stream.security import make_server, start_authenticator
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("latest", "every")
 RECONNECT_GRACE_S = 0.2  # after a disconnect, how long ZeroMQ has to schedule its own reconnect
@@ -318,6 +321,8 @@ class Service:
                     self.stats.latency_ms.append((now - result["t_received"]) * 1e3)
                 if self.metrics is not None:
                     self.metrics.observe(result)
+                if log.isEnabledFor(logging.INFO):  # serve -v
+                    log.info("%s %s", result["sensor"], protocol.describe(result))
             pub.send_multipart(protocol.encode_message(protocol.STATUS_TOPIC, self.status()))
         finally:
             pub.close()  # with linger: queued messages still go out

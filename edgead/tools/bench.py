@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from edgead.formats.engine import manifest_path
 from edgead.formats.rundir import is_run_dir
@@ -29,7 +30,7 @@ STAGES = ("preprocess", "network", "postprocess", "total")
 
 
 def run(engine: Path, points: int = 400_000, frames: int = 50, reference: Path | None = None,
-        reference_frames: int = 5, threads: int | None = None, device: str = "cpu") -> dict:
+        reference_frames: int = 5, threads: int | None = None, device: str = "cpu", progress: bool = False) -> dict:
     if points < 1 or frames < 1:
         raise ValueError("--points and --frames must be positive")
     if threads:
@@ -38,7 +39,8 @@ def run(engine: Path, points: int = 400_000, frames: int = 50, reference: Path |
     det = EdgeDetector.load(engine, device=device)
     frame = make_frame(det.pipeline, points)
     report = {"engine": str(engine), "backend": det.backend, "points": points, "frames": frames,
-              "engine_stats": measure(det, frame, frames), "peak_rss_mb_engine": peak_rss_mb()}
+              "engine_stats": measure(det, frame, frames, bar="engine" if progress else None),
+              "peak_rss_mb_engine": peak_rss_mb()}
     if reference is None and not engine.is_dir():
         reference = Path(json.loads(manifest_path(engine).read_text()).get("source_run", ""))
     if reference is not None and is_run_dir(reference):
@@ -47,11 +49,13 @@ def run(engine: Path, points: int = 400_000, frames: int = 50, reference: Path |
         if threads:
             torch.set_num_threads(threads)
         plain = EdgeDetector.load(reference, device=device)
-        report["torch_numpy_geometry_stats"] = measure(plain, frame, reference_frames)
+        report["torch_numpy_geometry_stats"] = measure(plain, frame, reference_frames,
+                                                       bar="torch + numpy geometry" if progress else None)
         eager = EdgeDetector.load(reference, device=device)
         eager.pipeline.geometry = TorchEagerOps(device)
         eager.pipeline.config = replace(eager.pipeline.config, score_voxel=0.0)  # every point, as the papers do
-        report["torch_eager_stats"] = measure(eager, frame, reference_frames)
+        report["torch_eager_stats"] = measure(eager, frame, reference_frames,
+                                              bar="torch eager" if progress else None)
         report["peak_rss_mb_process"] = peak_rss_mb()
         report["reference"] = str(reference)
         for key in ("torch_eager", "torch_numpy_geometry"):
@@ -73,12 +77,19 @@ def make_frame(pipeline, n: int, seed: int = 0) -> np.ndarray:
     return ((ref[pick] + rng.normal(scale=0.01, size=(n, 3))) * scale + 250.0).astype(np.float32)
 
 
-def measure(det, frame: np.ndarray, frames: int, warmup: int = 2) -> dict:
-    """Median and p95 per stage (ms) over ``frames`` detections after ``warmup``, and frames per second."""
+def measure(det, frame: np.ndarray, frames: int, warmup: int = 2, bar: str | None = None) -> dict:
+    """Median and p95 per stage (ms) over ``frames`` detections after ``warmup``, and frames per second.
+    ``bar``: the name of a progress bar over the frames (none by default)."""
+    counter = tqdm(total=warmup + frames, desc=bar, unit="frame", disable=bar is None, leave=False)
     for _ in range(warmup):
         det.detect(frame)
+        counter.update()
     gc.collect()
-    rows = [det.detect(frame).timings_ms for _ in range(frames)]
+    rows = []
+    for _ in range(frames):
+        rows.append(det.detect(frame).timings_ms)
+        counter.update()
+    counter.close()
     stats = {s: {"median": float(np.median([r[s] for r in rows])),
                  "p95": float(np.percentile([r[s] for r in rows], 95))} for s in STAGES}
     stats["fps"] = 1000.0 / stats["total"]["median"]

@@ -4,18 +4,26 @@
   interest above it, so that ``serve`` and ``sensor realsense`` crop the part out of the raw sensor cloud;
 - ``threshold``: the decision threshold from held-out normal scans at a target false-alarm rate, or the F1-optimal
   one when anomalous scans are given too. Changing it needs no re-export: ``serve --threshold FILE``.
+
+Held-out means scans the model was not fitted on: training scans score lower than new good parts (the model has
+seen them), so a threshold taken from them raises false alarms on the line. :func:`normal_scans` therefore takes a
+category directory's good *test* scans and refuses training scans and scans labelled defective. With n good scans
+a false-alarm rate is resolved in steps of 1/n only: the calibration records the rate measured and an upper bound
+on the true rate (95 %, Clopper-Pearson), and :func:`unresolved_far` says when the target is finer than n can resolve.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import beta
+from tqdm import tqdm
 
+from edgead.formats.dataset import defect_labelled, detect_layout, load_test, scan_files
 from edgead.formats.pointcloud import read_points
 from edgead.formats.scene import Scene, crop
-
-SCAN_SUFFIXES = (".pcd", ".ply", ".npy", ".txt", ".xyz")
 
 
 def fit_plane(points: np.ndarray, tol: float, iters: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -88,35 +96,107 @@ def f1_threshold(normal: np.ndarray, anomalous: np.ndarray) -> tuple[float, floa
     return best[1], best[0]
 
 
-def read_scans(directory) -> list[tuple[str, np.ndarray]]:
-    directory = Path(directory)
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in SCAN_SUFFIXES) if directory.is_dir() else []
+@dataclass
+class Scans:
+    """Scans chosen for a calibration, and a sentence on where they came from and what was left out."""
+
+    names: list[str]
+    points: list[np.ndarray]
+    source: str
+
+
+def _category_of(d: Path) -> Path | None:
+    """The category directory ``d`` is, or whose ``test/`` split it is; None for a plain folder of scans."""
+    if detect_layout(d) != "folder":
+        return d
+    if d.name == "test" and d.parent != d and detect_layout(d.parent) != "folder":
+        return d.parent
+    return None
+
+
+def normal_scans(path) -> Scans:
+    """Held-out good scans: a category directory's (or its ``test/`` split's) good test scans, or every scan in a
+    plain folder. Refuses training scans (a ``train/`` folder, ``*template*`` files) and scans whose point labels
+    mark defects, naming them."""
+    d = Path(path)
+    category = _category_of(d)
+    if category is not None:
+        samples = load_test(category)
+        good = [s for s in samples if s.label == 0]
+        if not good:
+            raise ValueError(f"{category}: no good test scans (names with 'good' or 'positive') to calibrate on")
+        return Scans([s.name for s in good], [s.points for s in good],
+                     f"the {len(good)} good test scans of {category} ({len(samples) - len(good)} defective ones "
+                     f"left out; --anomalous {category} uses them)")
+    files = scan_files(d)
     if not files:
-        raise ValueError(f"{directory}: no scans ({', '.join(SCAN_SUFFIXES)}) found")
-    out = []
-    for f in files:
-        out.append((f.name, read_points(f)))
-    return out
+        raise ValueError(f"{d}: no scans found (a category directory, its test/ split or a folder of point-cloud "
+                         "files)")
+    if d.name == "train" or any("template" in f.stem for f in files):
+        raise ValueError(f"{d}: these are training scans; the model was fitted on them, so they score lower than new "
+                         "good parts and a threshold from them raises false alarms. Calibrate on held-out good scans: "
+                         f"the category directory ({d.parent}) gives its good test scans")
+    bad = defect_labelled(files)
+    if bad:
+        raise ValueError(f"{d}: {len(bad)} scans label points as defective ({', '.join(f.name for f in bad[:5])}"
+                         f"{' ...' if len(bad) > 5 else ''}); --normal takes good parts only (defective ones go to "
+                         "--anomalous)")
+    return Scans([f.name for f in files], [read_points(f) for f in files], f"the {len(files)} scans in {d}")
+
+
+def anomalous_scans(path) -> Scans:
+    """Defective scans: a category directory's (or its ``test/`` split's) defective test scans, or every scan in a
+    plain folder."""
+    d = Path(path)
+    category = _category_of(d)
+    if category is not None:
+        bad = [s for s in load_test(category) if s.label == 1]
+        if not bad:
+            raise ValueError(f"{category}: no defective test scans")
+        return Scans([s.name for s in bad], [s.points for s in bad], f"the {len(bad)} defective test scans of "
+                     f"{category}")
+    files = scan_files(d)
+    if not files:
+        raise ValueError(f"{d}: no scans found")
+    return Scans([f.name for f in files], [read_points(f) for f in files], f"the {len(files)} scans in {d}")
+
+
+def far_upper_bound(false_alarms: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound on the true false-alarm rate after ``false_alarms`` of ``n``:
+    0 of 15 bounds it below 18 %, 0 of 300 below 1 %."""
+    return 1.0 if false_alarms >= n else float(beta.ppf(confidence, false_alarms + 1, n - false_alarms))
+
+
+def unresolved_far(doc: dict) -> str | None:
+    """A warning when a far-method calibration's target is finer than its number of good scans can resolve."""
+    n, far = doc["n_normal"], doc["far_target"]
+    if doc["method"] != "far" or not 0 < far < 1 / n:
+        return None
+    return (f"--far {far:g} cannot be resolved with {n} good scans (steps of 1/{n} = {1 / n:.1%}); it needs at least "
+            f"{int(np.ceil(1 / far))}. The threshold is the highest good score")
 
 
 def calibrate_threshold(detector, normal: list[np.ndarray], anomalous: list[np.ndarray] | None = None,
-                        far: float = 0.01, crop_scene: Scene | None = None) -> dict:
+                        far: float = 0.01, crop_scene: Scene | None = None, progress: bool = False) -> dict:
     """Score the held-out scans and choose the threshold. Returns the calibration document (JSON-able)."""
-    def score(points):
-        return detector.detect(crop(points, crop_scene) if crop_scene else points).score
+    def scores(clouds, what):
+        bar = tqdm(clouds, desc=f"scoring {what} scans", unit="scan", disable=not progress, leave=False)
+        return np.array([detector.detect(crop(p, crop_scene) if crop_scene else p).score for p in bar])
 
     if not normal:
         raise ValueError("threshold calibration needs at least one held-out normal scan")
-    s_norm = np.array([score(p) for p in normal])
+    s_norm = scores(normal, "good")
     doc = {"n_normal": len(normal), "far_target": far, "model_name": detector.name,
            "model_hash": detector.model_hash, "normal_scores": s_norm.tolist()}
     if anomalous:
-        s_anom = np.array([score(p) for p in anomalous])
+        s_anom = scores(anomalous, "defective")
         t, f1 = f1_threshold(s_norm, s_anom)
         doc.update(method="f1", f1=f1, recall=float((s_anom > t).mean()), n_anomalous=len(anomalous),
                    anomalous_scores=s_anom.tolist())
     else:
         t = far_threshold(s_norm, far)
         doc.update(method="far")
-    doc.update(threshold=t, far_measured=float((s_norm > t).mean()))
+    false_alarms = int((s_norm > t).sum())
+    doc.update(threshold=t, far_measured=false_alarms / len(normal),
+               far_upper_95=far_upper_bound(false_alarms, len(normal)))
     return doc

@@ -56,21 +56,6 @@ def demo_frames(n: int, seed: int):
         yield demo_scan(kind, seed, i).points, time.time(), f"part{i:04d}-{kind}"
 
 
-def format_result(r: dict) -> str:
-    """One readable line per result."""
-    head = f"#{r['seq'] if r['seq'] is not None else '?':>4} {r['frame_id'] or '':<20}"
-    if r["status"] != "ok":
-        return f"{head} ERROR {r['error']}"
-    verdict = {True: "ANOMALOUS", False: "ok", None: "(no threshold)"}[r["anomalous"]]
-    line = f"{head} score {r['score']:7.3f} / {r['threshold'] or float('nan'):.3f}  {verdict:<9}"
-    for reg in r["regions"][:2]:
-        c, e = reg["centroid"], reg["extent"]
-        line += f"  [{reg['n_points']} pts at ({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f}) mm, {max(e):.1f} mm]"
-    if len(r["regions"]) > 2:
-        line += f" +{len(r['regions']) - 2} more"
-    return line + f"  {r['latency_ms'].get('total', 0):.0f} ms"
-
-
 def build_demo_engine(engine: Path, threshold_file: Path, n_calibration: int = 30) -> dict:
     """Fit the template demo engine on synthetic good parts and its F1-optimal threshold on held-out synthetic scans
     (good and defective, a seed the demo does not replay). Returns the threshold calibration document."""
@@ -143,7 +128,7 @@ def run_demo(frames: int, rate: float, engine: Path | None = None, threshold=Non
                 status = msg
             else:
                 results.append(msg)
-                print(format_result(msg), flush=True)
+                print(protocol.describe(msg), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from edgead.formats.dataset import find_categories, load_test
-from edgead.tools import metrics
+from edgead.tools import figures, metrics
+from edgead.tools.calibrate import f1_threshold
 
 METRICS = ("o_auroc", "o_aupr", "p_auroc", "p_aupr")
 STAGES = ("preprocess", "network", "postprocess", "total")
@@ -114,12 +116,14 @@ def report(detector, runs: list[CategoryRun], data_dir) -> dict:
     }
 
 
-def run_all(detector, data_dir) -> list[CategoryRun]:
-    """Every category under ``data_dir`` (a category directory or a root of categories)."""
+def run_all(detector, data_dir, progress: bool = False) -> list[CategoryRun]:
+    """Every category under ``data_dir`` (a category directory or a root of categories); ``progress``: a bar per
+    category, counting its scans."""
     cats = find_categories(Path(data_dir))
     if not cats:
         raise ValueError(f"{data_dir}: no test categories found")
-    return [run_category(detector, Path(c).name, load_test(c)) for c in cats]
+    return [run_category(detector, Path(c).name, tqdm(load_test(c), desc=Path(c).name, unit="scan",
+                                                      disable=not progress)) for c in cats]
 
 
 def evaluate(detector, data_dir) -> dict:
@@ -153,49 +157,109 @@ def _thin_curve(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray
     return x[idx], y[idx]
 
 
-def plot(runs: list[CategoryRun], rep: dict, path: Path, max_categories: int = 3, max_points: int = 40_000) -> None:
-    """ROC curves (object, point) for every category, and heat maps (two views) of the highest-scoring defective
-    and the highest-scoring good scan (the likeliest false alarm) of the first ``max_categories`` categories."""
-    import matplotlib
+def plot(runs: list[CategoryRun], rep: dict, path: Path, threshold: float | None = None,
+         max_categories: int = 3) -> None:
+    """The evaluation on one page (PNG, JPEG, PDF, SVG by ``path``'s extension).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Top row: every scan's object score per category against the threshold; object ROC with the operating point;
+    point ROC; the confusion matrix at the operating point. Then, for the first ``max_categories`` categories, the
+    heat maps (``edgead.tools.figures``: mm axes, threshold on the colour bar, ground truth outlined) of the
+    highest-scoring defective scan (its clearest detection) and the highest-scoring good scan (the likeliest false
+    alarm). ``threshold``: the operating point (a calibrated one); without it, the F1-optimal threshold on these
+    very scans, which the figure says is optimistic.
+    """
+    plt = figures.pyplot()
+    labels, scores = (np.concatenate(a) for a in zip(*(r.object_arrays() for r in runs), strict=True))
+    if threshold is None and 0 < labels.sum() < len(labels):
+        threshold, _ = f1_threshold(scores[labels == 0], scores[labels == 1])
+        source = "F1-optimal on these scans: optimistic"
+    else:
+        source = "--threshold" if threshold is not None else "none: one class only"
     shown = [r for r in runs if r.shown][:max_categories]
-    fig = plt.figure(figsize=(18, 5 + 4.2 * len(shown)))
-    grid = fig.add_gridspec(1 + len(shown), 4, height_ratios=[1.2] + [1] * len(shown))
-    for col, (kind, arrays) in enumerate((("object", CategoryRun.object_arrays), ("point", CategoryRun.point_arrays))):
-        ax = fig.add_subplot(grid[0, 2 * col:2 * col + 2])
-        for r in runs:
-            y, s = arrays(r)
-            auc = rep["categories"][r.name][f"{kind[0]}_auroc"]
-            if auc is None:
-                continue
-            fpr, tpr, _ = metrics.roc_curve(y, s)
-            ax.plot(*_thin_curve(fpr, tpr), label=f"{r.name} ({auc:.3f})", lw=1.2)
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        ax.set(title=f"{kind}-level ROC (AUROC)", xlabel="false positive rate", ylabel="true positive rate",
-               xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(fontsize=7, loc="lower right")
+    fig = plt.figure(figsize=(18, 4.4 * (1 + len(shown))), layout="constrained")
+    grid = fig.add_gridspec(1 + len(shown), 4)
+    _score_strip(fig.add_subplot(grid[0, 0]), runs, threshold)
+    for col, kind in ((1, "object"), (2, "point")):
+        _roc(fig.add_subplot(grid[0, col]), runs, rep, kind, threshold)
+    _confusion(fig.add_subplot(grid[0, 3]), labels, scores, threshold, source)
     for row, r in enumerate(shown, start=1):
-        scans = [(k, r.shown[k]) for k in (1, 0) if k in r.shown]
-        vmax = max(float(np.nanmax(sc.scores)) for _, sc in scans)  # one colour scale per row: compare the two
-        for j, (k, sc) in enumerate(scans):
-            keep = np.flatnonzero(np.isfinite(sc.scores))
-            keep = keep[np.linspace(0, len(keep) - 1, min(len(keep), max_points)).astype(np.int64)]
-            keep = keep[np.argsort(sc.scores[keep], kind="stable")]  # high scores drawn last, on top
-            p, s = sc.points[keep], sc.scores[keep]
-            for v, (a, b) in enumerate(((0, 1), (0, 2))):
-                ax = fig.add_subplot(grid[row, 2 * j + v])
-                im = ax.scatter(p[:, a], p[:, b], c=s, s=0.5, cmap="turbo", vmin=0, vmax=vmax, rasterized=True)
-                ax.set_aspect("equal")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                what = "defective" if k else "good"
-                ax.set_title(f"{r.name}/{sc.name} ({what}) score {sc.score:.3g}, view {'xyz'[a]}{'xyz'[b]}", fontsize=8)
-        fig.colorbar(im, ax=fig.axes[-2 * len(scans):], shrink=0.8, label="point score")
+        _shown_row(fig, grid, row, r, threshold)
     m = rep["model"]
     fig.suptitle(f"{m['name']} ({m['backend']}) on {rep['data']}: mean O-AUROC {_fmt(rep['mean']['o_auroc'])}, "
-                 f"P-AUROC {_fmt(rep['mean']['p_auroc'])}")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                 f"P-AUROC {_fmt(rep['mean']['p_auroc'])}; operating point: threshold "
+                 f"{'-' if threshold is None else f'{threshold:.4g}'} ({source})", fontsize=11)
+    figures.save(fig, path)
+
+
+def _score_strip(ax, runs: list[CategoryRun], threshold: float | None) -> None:
+    """Each scan's object score, one line per category: good parts left of the threshold is what passing means."""
+    for i, r in enumerate(runs):
+        y, s = r.object_arrays()
+        jitter = np.random.default_rng(i).uniform(-0.15, 0.15, len(s))
+        for label, colour, marker in ((0, "tab:blue", "o"), (1, "tab:red", "x")):
+            ax.scatter(s[y == label], i + jitter[y == label], c=colour, marker=marker, s=18,
+                       label=("good" if label == 0 else "defective") if i == 0 else None)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold {threshold:.3g}")
+    ax.set_yticks(range(len(runs)), [r.name for r in runs], fontsize=8)
+    ax.set_ylim(-0.6, len(runs) - 0.4)
+    ax.set(xlabel="object score (one mark per scan)", title="object scores vs the threshold")
+    ax.legend(fontsize=7, loc="best")
+
+
+def _roc(ax, runs: list[CategoryRun], rep: dict, kind: str, threshold: float | None) -> None:
+    """The ROC curve of every category; on the object curves, the operating point of ``threshold``."""
+    for r in runs:
+        auc = rep["categories"][r.name][f"{kind[0]}_auroc"]
+        if auc is None:
+            continue
+        y, s = r.object_arrays() if kind == "object" else r.point_arrays()
+        fpr, tpr, _ = metrics.roc_curve(y, s)
+        (line,) = ax.plot(*_thin_curve(fpr, tpr), label=f"{r.name} ({auc:.3f})", lw=1.2)
+        if kind == "object" and threshold is not None:
+            ax.plot((s[y == 0] > threshold).mean(), (s[y == 1] > threshold).mean(), "o", color=line.get_color(),
+                    ms=7, mec="black")
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    title = f"{kind}-level ROC (AUROC)" + (": dot = operating point" if kind == "object" and threshold else "")
+    ax.set(title=title, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def _confusion(ax, labels: np.ndarray, scores: np.ndarray, threshold: float | None, source: str) -> None:
+    """Scans passed and flagged at the operating point, pooled over the categories."""
+    flagged = scores > threshold if threshold is not None else np.zeros(len(scores), bool)
+    counts = np.array([[np.sum((labels == t) & (flagged == f)) for f in (False, True)] for t in (0, 1)])
+    ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1))
+    names = [["passed", "false alarm"], ["missed", "caught"]]
+    for t in (0, 1):
+        for f in (0, 1):
+            ax.text(f, t, f"{counts[t, f]}\n{names[t][f]}", ha="center", va="center", fontsize=11,
+                    color="white" if counts[t, f] > counts.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["passed (score <= threshold)", "flagged (score > threshold)"], fontsize=8)
+    ax.set_yticks([0, 1], [f"good ({counts[0].sum()})", f"defective ({counts[1].sum()})"], fontsize=8)
+    at = "no threshold" if threshold is None else f"threshold {threshold:.4g}"
+    ax.set_title(f"confusion matrix at {at}\n({source})", fontsize=9)
+
+
+def _shown_row(fig, grid, row: int, r: CategoryRun, threshold: float | None) -> None:
+    """Heat maps of a category's shown scans, both views each, on one colour scale (so the two compare)."""
+    y, _ = r.object_arrays()
+    scans = [(k, r.shown[k]) for k in (1, 0) if k in r.shown]
+    why = {1: f"the highest-scoring of {int((y == 1).sum())} defective scans: its clearest detection",
+           0: f"the highest-scoring of {int((y == 0).sum())} good scans: the likeliest false alarm"}
+    cmap_norm = figures.score_norm(np.concatenate([sc.scores for _, sc in scans]), threshold)
+    span = 4 // (2 * len(scans))  # one scan: each view spans two columns, so no quarter is left empty
+    axes = []
+    for j, (k, sc) in enumerate(scans):
+        verdict = "" if threshold is None else (" > " if sc.score > threshold else " <= ") + f"{threshold:.3g}"
+        outcome = "" if threshold is None else {(1, True): ", caught", (1, False): ", missed",
+                                                (0, True): ", false alarm", (0, False): ", passed"}[
+                                                    (k, sc.score > threshold)]
+        title = f"{r.name}/{sc.name}: {'defective' if k else 'good'}, score {sc.score:.3g}{verdict}{outcome}\n{why[k]}"
+        for v, view in enumerate(figures.VIEWS):
+            col = (2 * j + v) * span
+            ax = fig.add_subplot(grid[row, col:col + span])
+            sc_plot = figures.heat_map(ax, sc.points, sc.scores, view, threshold, cmap_norm,
+                                       truth=sc.labels if k else None, title=title if v == 0 else "")
+            axes.append(ax)
+    figures.colour_bar(fig, sc_plot, axes, threshold)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from edgead import ops
 from edgead.detectors import Kind
@@ -24,6 +23,7 @@ from edgead.models.losses import chamfer, emd, paired_cosine, paired_mse, repuls
 from edgead.train.common import (
     Preset,
     TrainLog,
+    TrainLoop,
     TrainOptions,
     choose,
     cosine_lr,
@@ -32,7 +32,6 @@ from edgead.train.common import (
     save_checkpoint,
     seeded,
     set_lr,
-    stage_deadline,
 )
 
 REF_POINTS = 4096  # training-reference points stored for ICP alignment
@@ -186,56 +185,57 @@ def fit_network(pipe: Pipeline, frames: list[np.ndarray], out: Path, opts: Train
             raise ValueError(f"{opts.init}: its weights do not fit the {opts.preset!r} preset's network "
                              f"({str(exc).splitlines()[1].strip()}); pre-train with the same --preset") from None
     stages = [("down", tc.steps_down, model.down), ("up", tc.steps_up, model.up)]
-    stage_i, step = 0, 0
+    stage_i, first = 0, 0  # where optimisation starts: the stage, and the step within it
     ck = load_checkpoint(out, model, rng, gen) if opts.resume else None
     if ck is not None:
-        stage_i, step = ck["stage"], ck["step"]
+        stage_i, first = ck["stage"], ck["step"]
     model.to(device)
     optimizer = torch.optim.Adam(stages[min(stage_i, 1)][2].parameters(), lr=tc.lr)
     if ck is not None:
         optimizer.load_state_dict(ck["optimizer"])
     offsets = [0, tc.steps_down]  # the log counts steps over both stages
-    log = TrainLog(out, offsets[min(stage_i, 1)] + step if ck is not None else None)
+    log = TrainLog(out, offsets[min(stage_i, 1)] + first if ck is not None else None)
 
     pool = {k: v.to(device) for k, v in pool.items()}
     h = 0.0
-    done = {"down": tc.steps_down if stage_i else step, "up": step if stage_i else 0}  # steps run per stage
-    while stage_i < len(stages):
-        name, total, net = stages[stage_i]
-        deadline = stage_deadline(opts, total / max(tc.steps_down + tc.steps_up, 1))
-        if name == "up":
-            model.down.eval().requires_grad_(False)
-            with torch.no_grad():  # the frozen Down-Net's noise-free centres, as at inference
-                pred_centers = torch.cat([model.centers(pool["patches"][i: i + 8], pool["centers"][i: i + 8])
-                                          for i in range(0, tc.pool, 8)])
-            h = spacing(pool["centers"], setting.arch.gamma)
-        bar = tqdm(range(step, total), desc=f"dusnet {name}-net", disable=not opts.progress, initial=step,
-                   total=total)
-        for step in bar:
-            if time.monotonic() > deadline:
-                break
-            done[name] = step + 1
-            sel = torch.randint(tc.pool, (tc.batch,), generator=gen)
-            batch = {k: v[sel] for k, v in pool.items()}
-            if name == "down":
-                losses = down_losses(model, batch, tc, gen)
-            else:
-                losses = up_losses(model, pred_centers[sel], batch, tc, setting.arch.gamma, h)
-            set_lr(optimizer, cosine_lr(step, total, tc.lr))
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
-            vals = {k: round(v.item(), 6) for k, v in losses.items()}
-            bar.set_postfix(loss=vals["loss"])
-            if step % 10 == 0 or step == total - 1:
-                log.write({"stage": name, "step": offsets[stage_i] + step + 1, **vals,
-                           "time_s": round(time.time() - t0, 2), "cpu_s": round(time.process_time() - c0, 2)})
-            if (step + 1) % CKPT_EVERY == 0:
-                save_checkpoint(out, model, optimizer, stage=stage_i, step=step + 1, rng=rng, gen=gen)
-        stage_i, step = stage_i + 1, 0
-        if stage_i < len(stages):
-            optimizer = torch.optim.Adam(stages[stage_i][2].parameters(), lr=tc.lr)
-        save_checkpoint(out, model, optimizer, stage=stage_i, step=0, rng=rng, gen=gen)
+    done = {"down": tc.steps_down if stage_i else first, "up": first if stage_i else 0}  # steps run per stage
+
+    def checkpoint(stage: int, step: int) -> None:  # the optimizer of the stage running when it is called
+        save_checkpoint(out, model, optimizer, stage=stage, step=step, rng=rng, gen=gen)
+
+    stage_steps = {f"{name}-net": total for name, total, _ in stages}
+    with TrainLoop("dusnet", stage_steps, out, opts, checkpoint, (stage_i, first)) as loop:
+        while stage_i < len(stages):
+            name, total, net = stages[stage_i]
+            if name == "up":
+                model.down.eval().requires_grad_(False)
+                with torch.no_grad():  # the frozen Down-Net's noise-free centres, as at inference
+                    pred_centers = torch.cat([model.centers(pool["patches"][i: i + 8], pool["centers"][i: i + 8])
+                                              for i in range(0, tc.pool, 8)])
+                h = spacing(pool["centers"], setting.arch.gamma)
+            for step in loop.steps(stage_i, first):
+                done[name] = step + 1
+                sel = torch.randint(tc.pool, (tc.batch,), generator=gen)
+                batch = {k: v[sel] for k, v in pool.items()}
+                if name == "down":
+                    losses = down_losses(model, batch, tc, gen)
+                else:
+                    losses = up_losses(model, pred_centers[sel], batch, tc, setting.arch.gamma, h)
+                set_lr(optimizer, cosine_lr(step, total, tc.lr))
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                optimizer.step()
+                vals = {k: round(v.item(), 6) for k, v in losses.items()}
+                loop.postfix(loss=vals["loss"])
+                if step % 10 == 0 or step == total - 1:
+                    log.write({"stage": name, "step": offsets[stage_i] + step + 1, **vals,
+                               "time_s": round(time.time() - t0, 2), "cpu_s": round(time.process_time() - c0, 2)})
+                if (step + 1) % CKPT_EVERY == 0:
+                    checkpoint(stage_i, step + 1)
+            stage_i, first = stage_i + 1, 0
+            if stage_i < len(stages):
+                optimizer = torch.optim.Adam(stages[stage_i][2].parameters(), lr=tc.lr)
+            checkpoint(stage_i, 0)
     log.close()
     info = {"preset": opts.preset, "seed": opts.seed, "device": str(device), "steps_down": done["down"],
             "steps_up": done["up"], "planned_steps": [tc.steps_down, tc.steps_up], "time_budget": opts.time_budget,

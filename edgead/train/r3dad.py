@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from edgead import ops
 from edgead.detectors import Kind
@@ -24,6 +23,7 @@ from edgead.ops import Normalization
 from edgead.train.common import (
     Preset,
     TrainLog,
+    TrainLoop,
     TrainOptions,
     choose,
     cosine_lr,
@@ -32,7 +32,6 @@ from edgead.train.common import (
     save_checkpoint,
     seeded,
     set_lr,
-    stage_deadline,
 )
 from edgead.train.patchgen import patch_gen
 
@@ -150,24 +149,26 @@ def fit_network(views: np.ndarray, out: Path, opts: TrainOptions, setting: Prese
     log = TrainLog(out, start if ck is not None else None)
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not opts.progress, desc="r3dad")
-    deadline, done = stage_deadline(opts, 1.0), start
-    for step in bar:
-        if time.monotonic() > deadline:
-            break
-        done = step + 1
-        clean, anomalous = (torch.from_numpy(a).to(opts.device)
-                            for a in make_batch(views, tc, setting.arch.patch_scale, rng))
-        lr = cosine_lr(step, tc.steps, tc.lr)
-        set_lr(optimizer, lr)
-        loss = model.get_loss(clean, anomalous, generator=gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        log.write({"step": step + 1, "loss": loss.item(), "lr": lr, "time_s": time.perf_counter() - t0})
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
-            save_checkpoint(out, model, optimizer, stage=0, step=step + 1, rng=rng, gen=gen)
+    done = start
+
+    def checkpoint(stage: int, step: int) -> None:
+        save_checkpoint(out, model, optimizer, stage=stage, step=step, rng=rng, gen=gen)
+
+    with TrainLoop("r3dad", {"r3dad": tc.steps}, out, opts, checkpoint, (0, start)) as loop:
+        for step in loop.steps(0, start):
+            done = step + 1
+            clean, anomalous = (torch.from_numpy(a).to(opts.device)
+                                for a in make_batch(views, tc, setting.arch.patch_scale, rng))
+            lr = cosine_lr(step, tc.steps, tc.lr)
+            set_lr(optimizer, lr)
+            loss = model.get_loss(clean, anomalous, generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            log.write({"step": step + 1, "loss": loss.item(), "lr": lr, "time_s": time.perf_counter() - t0})
+            loop.postfix(loss=f"{loss.item():.4f}")
+            if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
+                checkpoint(0, step + 1)
     log.close()
     info = {"preset": opts.preset, "seed": opts.seed, "config": asdict(tc), "steps": done,
             "time_budget": opts.time_budget, "time_s": round(time.perf_counter() - t0, 1),
