@@ -90,7 +90,14 @@ def test_regions_of_duplicated_points_and_of_points_closer_than_the_radius():
     chain = np.c_[np.arange(20) * 0.9, np.zeros(20), np.zeros(20)].astype(np.float32)
     assert len(anomalous_regions(chain, np.ones(20, np.float32), 0.5, radius=1.0)) == 1
     chain[10:, 0] += 3.0
-    assert [r["n_points"] for r in anomalous_regions(chain, np.ones(20, np.float32), 0.5, radius=1.0)] == [10, 10]
+    ones = np.ones(20, np.float32)
+    assert [r["n_points"] for r in anomalous_regions(chain, ones, 0.5, radius=1.0, min_points=1)] == [10, 10]
+    # by default a region needs 16 points (the object score's neighbourhood); the largest always stays
+    assert [r["n_points"] for r in anomalous_regions(chain, ones, 0.5, radius=1.0)] == [10]
+    specks = np.r_[chain, np.float32([[50, 0, 0], [80, 0, 0]])]
+    blob = np.c_[np.arange(30) * 0.5, np.full(30, 10.0), np.zeros(30)].astype(np.float32)
+    pts = np.r_[blob, specks]
+    assert [r["n_points"] for r in anomalous_regions(pts, np.ones(len(pts), np.float32), 0.5, radius=1.0)] == [30]
 
 
 def test_point_spacing_matches_a_full_neighbour_search_on_a_surface():

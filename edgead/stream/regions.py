@@ -15,6 +15,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from edgead.ops import stride_subsample
+from edgead.runtime.detector import OBJECT_K
 
 SPACING_SAMPLE = 16384  # points the spacing estimate looks at
 MAX_HOT = 200_000  # hot points clustered; more are stride-thinned (the frame is anomalous everywhere anyway)
@@ -60,11 +61,14 @@ def voxel_components(points: np.ndarray, size: float) -> np.ndarray:
 
 
 def anomalous_regions(points: np.ndarray, scores: np.ndarray, threshold: float | None, *, radius: float | None = None,
-                      max_regions: int = 32) -> list[dict]:
+                      max_regions: int = 32, min_points: int = OBJECT_K) -> list[dict]:
     """(N, 3) points, (N,) scores (NaN = not scored) -> regions, largest first.
 
     ``radius`` defaults to 3 x the cloud's median point spacing, so a cluster is one blob on the surface whatever
-    the sensor's resolution. Each region: centroid, bbox_min, bbox_max, extent (3 floats each), n_points, max_score.
+    the sensor's resolution. A region needs ``min_points`` points above the threshold (default: the neighbourhood
+    the object score averages over), so noise specks and flying pixels do not list as defects; the largest cluster
+    is always kept, so an anomalous part always says where. Each region: centroid, bbox_min, bbox_max, extent
+    (3 floats each), n_points, max_score.
     """
     if threshold is None:
         return []
@@ -78,7 +82,9 @@ def anomalous_regions(points: np.ndarray, scores: np.ndarray, threshold: float |
     labels = voxel_components(pts, max(r, extent / 2**20) or 1.0)  # at most 2^20 voxels per axis: int64 codes
     counts = np.bincount(labels)
     regions = []
-    for c in np.argsort(-counts, kind="stable")[:max_regions]:
+    for rank, c in enumerate(np.argsort(-counts, kind="stable")[:max_regions]):
+        if rank and counts[c] < min_points:
+            break
         member = labels == c
         p = pts[member]
         lo, hi = p.min(0), p.max(0)
