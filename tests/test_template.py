@@ -151,7 +151,7 @@ def test_restarts_rescue_a_trapped_alignment(tmp_path):
 
 def test_fit_tolerance_sits_just_above_a_good_fit():
     """Learnt by leaving each training scan out: a good test scan fits within it, a trapped one (>= 4x) does not."""
-    aligned = template_train.align_training([elbow_scan(20000, s, deg=s) for s in range(3)], template.TemplateConfig())
+    aligned = template.align_to_first([elbow_scan(20000, s, deg=s) for s in range(3)], template.TemplateConfig())
     tol = template_train.fit_tolerance(aligned, template.TemplateConfig())
     ref = template_train.voxel_thin(np.concatenate(aligned), 100_000)
     pipe = template.Pipeline(ref, ops.estimate_normals(ref), template.TemplateConfig(fit_tolerance=tol))
