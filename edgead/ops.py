@@ -405,31 +405,56 @@ def grid_nearest(grid: NearestGrid, reference: np.ndarray | list[np.ndarray], po
     """Index of each point's nearest reference point among its cell's candidates, -1 where the grid cannot certify
     it (outside the band, or an uncertified cell). (N, 3) float32 finite, reference (R, 3) or its 3 columns ->
     (N,) int64. Equidistant candidates: the first listed."""
+    return _grid_search(grid, reference, points, _closest)
+
+
+def grid_distance(grid: NearestGrid, reference: np.ndarray | list[np.ndarray], points: np.ndarray) -> np.ndarray:
+    """Each point's nearest-point distance as :func:`point_distance` gives it for :func:`grid_nearest`'s index, NaN
+    where the grid cannot certify it; cheaper (no index kept). (N, 3), reference -> (N,) float32."""
+    return np.sqrt(_grid_search(grid, reference, points, _least_square))
+
+
+def _grid_search(grid: NearestGrid, reference, points: np.ndarray, search: Callable) -> np.ndarray:
+    """``search(candidates (n, K), points (n, 3), reference columns)`` over each point's row (crowded cells: their
+    overflow rows); uncertified points get -1 (indices) or NaN (distances)."""
     rows = grid_rows(grid, points)
     r = [np.ascontiguousarray(c, dtype=np.float32) for c in (reference.T if isinstance(reference, np.ndarray)
                                                               else reference)]
-    out = _closest(np.take(grid.candidates, np.maximum(rows, 0), axis=0), points, r)
+    out = search(np.take(grid.candidates, np.maximum(rows, 0), axis=0), points, r)
     crowded = np.flatnonzero(rows < 0)
     if len(crowded):
-        out[crowded] = _closest(np.take(grid.overflow, -rows[crowded], axis=0), points[crowded], r)
-    out[rows == 0] = -1
+        out[crowded] = search(np.take(grid.overflow, -rows[crowded], axis=0), points[crowded], r)
+    out[rows == 0] = -1 if out.dtype.kind == "i" else np.nan
     return out
 
 
-def _closest(cand: np.ndarray, points: np.ndarray, ref_cols: list[np.ndarray]) -> np.ndarray:
-    """The candidate nearest each point, the first of equals. (N, K) int32, (N, 3), 3 x (R,) -> (N,) int64.
-    Column by column: numpy's axis-1 work on (N, 3) is slow."""
+def _candidate_squares(cand: np.ndarray, points: np.ndarray, ref_cols: list[np.ndarray]):
+    """Squared distance to each candidate in turn: yields (ids (N,), d2 (N,) float32) per column of ``cand``
+    (N, K). Column by column: numpy's axis-1 work on (N, 3) is slow."""
     p = [np.ascontiguousarray(points[:, i], dtype=np.float32) for i in range(3)]
-    best = np.full(len(points), np.inf, np.float32)
-    out = np.zeros(len(points), np.int64)
     for j in range(cand.shape[1]):
         ids = cand[:, j]
         d = [p[i] - np.take(ref_cols[i], ids) for i in range(3)]
-        d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+        yield ids, d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+
+
+def _closest(cand: np.ndarray, points: np.ndarray, ref_cols: list[np.ndarray]) -> np.ndarray:
+    """The candidate nearest each point, the first of equals. (N, K) int32, (N, 3), 3 x (R,) -> (N,) int64."""
+    best = np.full(len(points), np.inf, np.float32)
+    out = np.zeros(len(points), np.int64)
+    for ids, d2 in _candidate_squares(cand, points, ref_cols):
         closer = d2 < best
         np.copyto(best, d2, where=closer)
         np.copyto(out, ids, where=closer)
     return out
+
+
+def _least_square(cand: np.ndarray, points: np.ndarray, ref_cols: list[np.ndarray]) -> np.ndarray:
+    """The least squared distance to a candidate. (N, K) int32, (N, 3), 3 x (R,) -> (N,) float32."""
+    best = np.full(len(points), np.inf, np.float32)
+    for _, d2 in _candidate_squares(cand, points, ref_cols):
+        np.minimum(best, d2, out=best)
+    return best
 
 
 def grid_rows(grid: NearestGrid, points: np.ndarray) -> np.ndarray:
@@ -472,12 +497,12 @@ class NearestIndex:
         if k != 1:
             raise ValueError("NearestIndex answers nearest-point queries only (k=1)")
         points = np.ascontiguousarray(points, dtype=np.float32)
-        if len(points) < self.PARALLEL:
-            idx = self.nearest(points)
-        else:
-            half = len(points) // 2
-            idx = np.concatenate(list(_pool().map(self.nearest, (points[:half], points[half:]))))
+        idx = self._split(self.nearest, points)
         return point_distance(points, self.reference, idx), idx
+
+    def distance(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) -> (N,) float32: ``query(points)[0]``, without keeping indices where the grid answers."""
+        return self._split(self._distance, np.ascontiguousarray(points, dtype=np.float32))
 
     def nearest(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) float32 -> (N,) int64 index of each point's nearest reference point."""
@@ -488,6 +513,22 @@ class NearestIndex:
         if len(miss):
             idx[miss] = self.tree.query(points[miss], k=1)[1]
         return idx
+
+    def _distance(self, points: np.ndarray) -> np.ndarray:
+        if self.grid is None:
+            return point_distance(points, self.reference, self.nearest(points))
+        dist = grid_distance(self.grid, self.columns, points)
+        miss = np.flatnonzero(np.isnan(dist))
+        if len(miss):
+            dist[miss] = point_distance(points[miss], self.reference, self.tree.query(points[miss], k=1)[1])
+        return dist
+
+    def _split(self, fn: Callable[[np.ndarray], np.ndarray], points: np.ndarray) -> np.ndarray:
+        """``fn(points)``, as two halves on two threads for a large query."""
+        if len(points) < self.PARALLEL:
+            return fn(points)
+        half = len(points) // 2
+        return np.concatenate(list(_pool().map(fn, (points[:half], points[half:]))))
 
 
 def reference_grid(reference: np.ndarray, tree: KDTree | None = None, cell: float = 0.8, band: float = 3.0,

@@ -234,3 +234,15 @@ def test_grid_memory_bound_and_state_roundtrip(reference_grid):
     np.testing.assert_array_equal(ops.grid_nearest(again, ref, q), ops.grid_nearest(grid, ref, q))
     assert ops.NearestGrid.from_arrays({}, "g") is None
     assert ops.reference_grid(np.zeros((100, 3), np.float32)) is None  # duplicates: no spacing, the tree answers
+
+
+def test_grid_distance_equals_the_indexed_distance(reference_grid):
+    ref, grid = reference_grid
+    q = np.r_[shell(3000, 7, noise=0.4), shell(50, 8) * np.float32(1.3)].astype(np.float32)
+    idx = ops.grid_nearest(grid, ref, q)
+    dist = ops.grid_distance(grid, ref, q)
+    ok = idx >= 0
+    np.testing.assert_array_equal(np.isnan(dist), ~ok)
+    np.testing.assert_array_equal(dist[ok], ops.point_distance(q[ok], ref, idx[ok]))
+    index = ops.NearestIndex(ref, cKDTree(ref), grid)
+    np.testing.assert_array_equal(index.distance(q), index.query(q)[0])

@@ -109,7 +109,7 @@ class Pipeline:
     def nearest_reference_distance(self, points: np.ndarray) -> np.ndarray:
         """The score: (N, 3) aligned points -> (N,) float32 exact distance (mm) to the nearest reference point,
         as ``ops.point_distance`` computes it (grid candidates, the tree where the grid cannot certify)."""
-        return self.index.query(points)[0]
+        return self.index.distance(points)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         arrays = {"reference": self.reference, "normals": self.normals}
