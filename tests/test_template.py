@@ -160,3 +160,23 @@ def test_fit_tolerance_sits_just_above_a_good_fit():
     fit = pipe.residual(coarse, *pipe.icp(coarse))
     assert fit < tol < 4 * fit
     assert template_train.fit_tolerance(aligned[:1], template.TemplateConfig()) == 0.0  # one scan: always restart
+
+
+def test_grid_scoring_is_exact_and_its_memory_is_stated(run_dir):
+    """Registration and scores through the stored grid equal those with every nearest point from the k-d tree (a
+    pipeline without a grid, as a run directory from before it loads), the defect's far points included; the run's
+    description states the grid's size, within the 64 MB cap."""
+    doc = json.loads((run_dir / "model.json").read_text())["train"]["grid"]
+    assert 0 < doc["megabytes"] <= doc["max_megabytes"] == 64 and doc["candidates_per_cell"] == 4
+    det = EdgeDetector.load(run_dir)
+    p = det.pipeline
+    meta, arrays = p.state()
+    assert p.grid is not None and any(k.startswith("grid_") for k in arrays)
+    tree_only = build_pipeline("template", meta, {"reference": arrays["reference"], "normals": arrays["normals"]})
+    assert tree_only.grid is None
+    exact = EdgeDetector(tree_only, None, backend="numpy")
+    for seed, one_sided in ((300, False), (301, True)):
+        pts, labels = part_scan(30000, seed, bulge=2.0, one_sided=one_sided)
+        a, b = det.detect(pts), exact.detect(pts)
+        np.testing.assert_array_equal(a.point_scores, b.point_scores)
+        assert a.score == b.score and a.point_scores[labels == 1].max() > 1.5
