@@ -119,7 +119,8 @@ class EdgeDetector:
 
     def __init__(self, pipeline, runner: Runner | None, *, backend: Backend, name: str = "", model_hash: str = "",
                  threshold: float | None = None, object_k: int = OBJECT_K):
-        # the object score's neighbourhoods need only the points: found on a second core while the pipeline runs
+        # the object score's neighbourhoods need only the points: found on a second core while the network and
+        # postprocess run
         self._neighbourhoods = ThreadPoolExecutor(1, thread_name_prefix="edgead-object")
         self.pipeline = pipeline
         self.runner = runner
@@ -151,10 +152,11 @@ class EdgeDetector:
         NotInspected (a ValueError) for one that cannot be judged; never returns a pass for either."""
         t0 = time.perf_counter()
         finite, keep = validate_points(points, self.pipeline.min_points)
+        feeds, context, inspection = self.pipeline.preprocess(finite)
+        t1 = time.perf_counter()
+        # after the not-inspected rule: a refused frame (a stuck sensor's one point repeated) costs no neighbours
         hood = self._neighbourhoods.submit(object_neighbourhoods, finite, self.object_k)
         try:
-            feeds, context, inspection = self.pipeline.preprocess(finite)
-            t1 = time.perf_counter()
             outputs = self.runner(feeds) if self.runner is not None else {}
             t2 = time.perf_counter()
             scores = self.pipeline.postprocess(finite, context, outputs)
