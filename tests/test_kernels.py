@@ -71,6 +71,14 @@ def test_knn_orders_ties_by_index_on_grids_and_duplicates(k):
     np.testing.assert_array_equal(patches, ref[want.idx] - q[:, None, :])
 
 
+def test_grid_kernel_reads_the_layout_ops_writes():
+    """grid_nearest indexes ops.NearestGrid's arrays: the same block edge, candidates width, overflow 2K wide."""
+    source = (KERNEL_SOURCES / "grid.cu").read_text()
+    assert f"#define GRID_BLOCK {ops.GRID_BLOCK}\n" in source
+    assert f"#define GRID_BLOCK_SHIFT {ops.GRID_BLOCK.bit_length() - 1}\n" in source
+    assert "overflow + (long long)(-row) * 2 * k" in source
+
+
 def emulate_grid_knn(query: np.ndarray, ref: np.ndarray, k: int, seed: int = 0) -> ops.Neighbours:
     """grid.cu's grid_knn step by step on the CPU (float32 as the kernel computes): the grid CudaOps builds, points
     bucketed in a shuffled order (the kernel's scatter order is arbitrary), rings searched until the k-th squared
