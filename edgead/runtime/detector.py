@@ -153,9 +153,9 @@ class EdgeDetector:
         t0 = time.perf_counter()
         finite, keep = validate_points(points, self.pipeline.min_points)
         feeds, context, inspection = self.pipeline.preprocess(finite)
-        t1 = time.perf_counter()
         # after the not-inspected rule: a refused frame (a stuck sensor's one point repeated) costs no neighbours
         hood = self._neighbourhoods.submit(object_neighbourhoods, finite, self.object_k)
+        t1 = time.perf_counter()
         try:
             outputs = self.runner(feeds) if self.runner is not None else {}
             t2 = time.perf_counter()
