@@ -535,8 +535,9 @@ def reference_grid(reference: np.ndarray, tree: KDTree | None = None, cell: floa
                    k: int = 4, max_bytes: int = 64 << 20) -> NearestGrid | None:
     """The :class:`NearestGrid` of a fixed reference (R, 3) at its own scale: cells of ``cell`` and a band of
     ``band`` median point spacings (good scans put 99.9 % of their points within 3, measured), ``k`` candidates;
-    the cells grow by 1.25x until the grid takes at most ``max_bytes``. None for a reference too small or
-    degenerate for one (fewer than 16 points, or duplicates at the median): its queries go to the tree."""
+    the cells grow by 1.25x until the grid takes at most ``max_bytes`` (its dense table of blocks a quarter of it).
+    None for a reference too small or degenerate for one (fewer than 16 points, or duplicates at the median): its
+    queries go to the tree."""
     if len(reference) < 16:
         return None
     tree = tree or KDTree(np.ascontiguousarray(reference, dtype=np.float32))
@@ -544,6 +545,9 @@ def reference_grid(reference: np.ndarray, tree: KDTree | None = None, cell: floa
     if not spacing > 0:
         return None
     edge = cell * spacing
+    box = np.ptp(np.asarray(reference, np.float64), axis=0) + 2 * band * spacing
+    while float(np.prod(box / (GRID_BLOCK * edge) + 3)) * 4 > max_bytes / 4:  # the dense table of blocks alone
+        edge *= 1.25  # a long part at a fine spacing: coarser cells rather than a table of gigabytes
     while True:
         grid = nearest_grid(reference, edge, band * spacing, k, tree=tree)
         if grid.nbytes <= max_bytes:

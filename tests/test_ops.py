@@ -234,6 +234,8 @@ def test_grid_memory_bound_and_state_roundtrip(reference_grid):
     np.testing.assert_array_equal(ops.grid_nearest(again, ref, q), ops.grid_nearest(grid, ref, q))
     assert ops.NearestGrid.from_arrays({}, "g") is None
     assert ops.reference_grid(np.zeros((100, 3), np.float32)) is None  # duplicates: no spacing, the tree answers
+    rod = np.c_[np.linspace(0, 5000, 20000), np.zeros((20000, 2))].astype(np.float32)  # 5 m at 0.25 mm spacing
+    assert ops.reference_grid(rod, max_bytes=1 << 20).nbytes <= 1 << 20  # no dense table of the whole box first
 
 
 def test_grid_distance_equals_the_indexed_distance(reference_grid):
