@@ -4,10 +4,12 @@
 
 Compiles edgead/kernels/*.cu exactly as `edgead export` does (--fmad=false), runs them through CuPy's RawModule on
 random, real-shaped and tied (grid, duplicated points) clouds, checks exact equality with edgead.ops (same FPS
-indices, same neighbours in (distance, index) order, same patches), and times them with CUDA events (median of
-repeats): FPS launched per step vs the persistent single-launch variant, knn_small (NN scoring) and knn_select
-(grouping). Then times the PyTorch eager inference graphs of the presets on the GPU. Prints a table last; writes
-everything to $OUT/gpu_kernels.json when OUT is set.
+indices, same neighbours in (distance, index) order, same patches, same grid answers), and times them with CUDA
+events (median of repeats): FPS launched per step vs the persistent single-launch variant, knn_small (NN scoring)
+and knn_select (grouping), the per-frame grid (grid_count, scan, grid_scatter, grid_knn) against knn_small, and
+grid_nearest (the template's lookup in a fixed reference's NearestGrid) against edgead.ops.grid_nearest. Then times
+the PyTorch eager inference graphs of the presets on the GPU. Prints a table last; writes everything to
+$OUT/gpu_kernels.json when OUT is set.
 
 ``--dry-run`` (what CI runs): tiny sizes, the CPU references only; every GPU row is reported as skipped. It keeps the
 script from rotting where no GPU is lent. edgead.ops needs pykdtree and fpsample: on a bare GPU machine install
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgead import ops  # noqa: E402
 from edgead.export.kernels import KERNEL_SOURCES, NVCC_FLAGS  # noqa: E402
+from edgead.runtime.cuda_ops import frame_grid  # noqa: E402
 
 FPS_THREADS, KNN_TILE, KNN_SMALL_MAX = 256, 256, 16
 
@@ -103,6 +106,79 @@ def group_gpu(cp, mods, r, q, k: int):
     return patches
 
 
+def grid_knn_gpu(cp, mods, q, r, r_host: np.ndarray, k: int):
+    """The per-frame grid as CudaOps builds it (count, scan, scatter) and its ring search."""
+    m, n = len(q), len(r)
+    frame_host, (nx, ny, nz) = frame_grid(r_host)
+    frame, cells = cp.asarray(frame_host), nx * ny * nz
+    g = mods["grid"]
+    cell_of, counts = cp.empty(n, cp.int32), cp.zeros(cells, cp.uint32)
+    g.get_function("grid_count")((-(-n // KNN_TILE),), (KNN_TILE,), (r, np.int32(n), frame, np.int32(nx), np.int32(ny),
+                                                                      np.int32(nz), cell_of, counts))
+    starts = cp.concatenate([cp.zeros(1, cp.uint32), cp.cumsum(counts, dtype=cp.uint32)])
+    cursor, order = cp.zeros(cells, cp.uint32), cp.empty(n, cp.int32)
+    g.get_function("grid_scatter")((-(-n // KNN_TILE),), (KNN_TILE,), (cell_of, np.int32(n), starts, cursor, order))
+    dist, idx = cp.full((m, k), cp.nan, cp.float32), cp.full((m, k), -1, cp.int32)
+    g.get_function("grid_knn")((-(-m // KNN_TILE),), (KNN_TILE,), (q, np.int32(m), r, frame, np.int32(nx),
+                                                                    np.int32(ny), np.int32(nz), starts, order,
+                                                                    np.int32(k), dist, idx))
+    return dist, idx
+
+
+def grid_nearest_gpu(cp, mods, grid: ops.NearestGrid, dev: dict, pts):
+    n = len(pts)
+    out = cp.empty(n, cp.int64)
+    bx, by, bz = grid.blocks.shape
+    mods["grid"].get_function("grid_nearest")((-(-n // KNN_TILE),), (KNN_TILE,), (
+        pts, np.int32(n), dev["frame"], np.int32(bx), np.int32(by), np.int32(bz), dev["blocks"], dev["cells"],
+        dev["candidates"], np.int32(grid.candidates.shape[1]), dev["overflow"], dev["ref"], out))
+    return out
+
+
+def grid_rows(cp, mods, scale: int) -> list:
+    """The per-frame grid kNN and the template's grid lookup, against edgead.ops (exact) and knn_small (time)."""
+    rows = []
+    for kind, m, n, k in [("shape", 400_000, 4096, 3), ("shape", 48_000, 4096, 3), ("shape", 4096, 4096, 16),
+                          ("shape", 16384, 16384, 16), ("random", 50_000, 8192, 8), ("grid", 3000, 20000, 16)]:
+        m, n = max(m // scale, 64), max(n // scale, 2 * k)
+        q_host = cloud(kind, m, 1) + (np.float32(0.5) if kind == "grid" else np.float32(0))
+        r_host = cloud(kind, n, 2)
+        r_host[5] = r_host[9]  # a duplicate: tied neighbours, ordered by index
+        want = ops.knn(q_host, r_host, k)
+        what = f"grid_knn k={k} {kind} m={m} n={n} (build + query)"
+        if not cp:
+            rows += [(what, None, None), ("  knn_small, same", None, None)]
+            continue
+        q, r = cp.asarray(q_host), cp.asarray(r_host)
+        d, i = grid_knn_gpu(cp, mods, q, r, r_host, k)
+        ok = bool(np.array_equal(cp.asnumpy(i), want.idx) and np.array_equal(cp.asnumpy(d), want.dist))
+        rows.append((what, ok, timed(cp, lambda: grid_knn_gpu(cp, mods, q, r, r_host, k))))  # noqa: B023
+        rows.append(("  knn_small, same", True, timed(cp, lambda: knn_gpu(cp, mods, q, r, k))))  # noqa: B023
+    ref = cloud("shape", 100_000 // scale, 3) * np.float32(40.0)  # a template reference in mm
+    grid = ops.reference_grid(ref)
+    dev = None
+    if cp:
+        frame = np.r_[grid.origin, np.float32(1.0 / grid.cell)].astype(np.float32)
+        dev = {"frame": cp.asarray(frame), "blocks": cp.asarray(grid.blocks), "cells": cp.asarray(grid.cells),
+               "candidates": cp.asarray(grid.candidates), "overflow": cp.asarray(grid.overflow),
+               "ref": cp.asarray(ref)}
+    for noise in (0.0, 0.05, 1.0):
+        n = 400_000 // scale
+        pts_host = (cloud("shape", n, 4) * np.float32(40.0)
+                    + np.random.default_rng(5).normal(scale=noise, size=(n, 3))).astype(np.float32)
+        want = ops.grid_nearest(grid, ref, pts_host)
+        what = (f"grid_nearest {n} pts, noise {noise} mm, {100 * (want < 0).mean():.1f}% to the tree "
+                f"(grid {grid.nbytes / 2**20:.0f} MB)")
+        if not cp:
+            rows.append((what, None, None))
+            continue
+        pts = cp.asarray(pts_host)
+        got = cp.asnumpy(grid_nearest_gpu(cp, mods, grid, dev, pts))
+        rows.append((what, bool(np.array_equal(got, want)),
+                     timed(cp, lambda: grid_nearest_gpu(cp, mods, grid, dev, pts))))  # noqa: B023
+    return rows
+
+
 def cloud(kind: str, n: int, seed: int) -> np.ndarray:
     """random: uniform in the unit cube; shape: a noisy ellipsoid shell with a flat cut (many near-equal
     distances); grid: a 1-unit lattice with its first points repeated (exact ties everywhere)."""
@@ -170,6 +246,7 @@ def run(dry: bool) -> tuple[list, dict]:
             patches = cp.asnumpy(group_gpu(cp, mods, r, q, k))
             rows.append((f"group k={k} {kind} G={m} n={n}", bool(np.array_equal(patches, ops.group(r_host, q_host,
                          k).patches)), timed(cp, lambda: group_gpu(cp, mods, r, q, k))))  # noqa: B023
+    rows += grid_rows(cp, mods, scale)
     rows += torch_graph_rows(cp, dry)
     return rows, report
 

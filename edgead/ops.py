@@ -15,7 +15,9 @@ Imports nothing of edgead.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -260,6 +262,315 @@ def score_by_voxel(points: np.ndarray, size: float, score: Callable[[np.ndarray]
     return score(points[reps])[owner]
 
 
+GRID_BLOCK = 4  # cells per block edge in a NearestGrid: blocks of 4^3 cells, allocated only near the reference
+
+
+class NearestGrid(NamedTuple):
+    """A sparse grid around a fixed reference cloud whose every certified cell lists reference points that contain
+    the nearest reference point of *any* point inside it: one lookup and a few distances replace a tree query.
+
+    Cells are cubes of edge ``cell`` from ``origin``; blocks of GRID_BLOCK^3 cells are allocated only within
+    ``band`` of the reference. Most cells need at most K candidates (``candidates``); the few that need up to 2K
+    list them in ``overflow``, looked up for their points only. Built once (:func:`nearest_grid`);
+    :func:`grid_nearest` answers, and marks the points it cannot certify (outside the band, or in a cell that
+    needed more than 2K candidates) for an exact tree query.
+    """
+
+    origin: np.ndarray  # (3,) float32: the corner of cell (0, 0, 0)
+    cell: float  # cell edge, the reference's units
+    blocks: np.ndarray  # (BX, BY, BZ) int32: 0 = no block there, b > 0 = row b of ``cells``
+    cells: np.ndarray  # (B + 1, GRID_BLOCK^3) int32: r > 0 row of ``candidates``, r < 0 row -r of ``overflow``
+    candidates: np.ndarray  # (C + 1, K) int32: reference indices per candidate row (row 0 unused)
+    overflow: np.ndarray  # (O + 1, 2K) int32: the same for crowded cells (row 0 unused)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.blocks.nbytes + self.cells.nbytes + self.candidates.nbytes + self.overflow.nbytes)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The grid as named arrays (for a pipeline's state)."""
+        frame = np.r_[self.origin, self.cell].astype(np.float64)
+        return {f"{prefix}_frame": frame, f"{prefix}_blocks": self.blocks, f"{prefix}_cells": self.cells,
+                f"{prefix}_candidates": self.candidates, f"{prefix}_overflow": self.overflow}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> NearestGrid | None:
+        """The grid stored by :meth:`arrays`, or None when ``arrays`` has none."""
+        if f"{prefix}_frame" not in arrays:
+            return None
+        frame = np.asarray(arrays[f"{prefix}_frame"], np.float64)
+        return cls(frame[:3].astype(np.float32), float(frame[3]), np.asarray(arrays[f"{prefix}_blocks"], np.int32),
+                   np.asarray(arrays[f"{prefix}_cells"], np.int32),
+                   np.asarray(arrays[f"{prefix}_candidates"], np.int32),
+                   np.asarray(arrays[f"{prefix}_overflow"], np.int32))
+
+
+def nearest_grid(reference: np.ndarray, cell: float, band: float, k: int = 4, search: int = 16,
+                 tree: KDTree | None = None, chunk: int = 1 << 16) -> NearestGrid:
+    """Build a :class:`NearestGrid` over ``reference`` (R, 3): cells of edge ``cell`` within ``band`` of it, each
+    certified with at most ``k`` candidates (crowded cells: ``2 k``, in ``overflow``) found among the ``search``
+    nearest reference points of its centre.
+
+    A cell's candidates start with a point r1 near its centre c; a point p of the cell is within |c - r1| + rho of
+    it (rho: the cell's half-diagonal), so p's nearest point lies within |c - r1| + 2 rho of c (the ball). Every
+    ball point r is then added unless a candidate q is at least as close as r to *every* point of the cell (the
+    cube lies on q's side of their bisector plane: max over the cube of 2 e.(r - q) <= |r - c|^2 - |q - c|^2,
+    e = p - c), so the nearest point of any p in the cell is a candidate or ties with one. Cells whose ball reaches
+    past the ``search`` nearest, or that need more than ``2 k`` candidates, stay uncertified. The cube is padded by
+    float32 rounding at the reference's coordinates, so whatever point the lookup puts in a cell is covered."""
+    ref = np.ascontiguousarray(reference, dtype=np.float32)
+    if len(ref) < search or not cell > 0 or not band >= 0:
+        raise ValueError(f"nearest_grid: need >= {search} reference points, cell > 0 and band >= 0")
+    tree = tree or KDTree(ref)
+    ref64 = ref.astype(np.float64)
+    origin = (ref64.min(0) - band - cell).astype(np.float32)
+    edge = cell * GRID_BLOCK
+    shape = np.ceil((ref64.max(0) + band + cell - origin) / edge).astype(np.int64) + 1
+    near = _blocks_near(np.floor((ref64 - origin) / edge).astype(np.int64), int(np.ceil(band / edge)), shape)
+    local = np.stack(np.meshgrid(*[np.arange(GRID_BLOCK)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    pad = cell * 1e-3 + 8 * float(np.spacing(np.float32(np.abs(ref64).max() + band + cell)))
+    half = cell / 2 + pad
+
+    def centres(flat: np.ndarray) -> np.ndarray:  # flat cell ids (block * GRID_BLOCK^3 + local) -> (n, 3) float64
+        ijk = near[flat // GRID_BLOCK**3] * GRID_BLOCK + local[flat % GRID_BLOCK**3]
+        return (ijk + 0.5) * cell + origin.astype(np.float64)
+
+    n_cells = len(near) * GRID_BLOCK**3
+    inband = np.concatenate([s + np.flatnonzero(tree.query(centres(np.arange(s, min(s + 8 * chunk, n_cells)))
+                                                           .astype(np.float32), k=1)[0] <= band + 2 * half * 3**0.5)
+                             for s in range(0, n_cells, 8 * chunk)])
+    rows = np.zeros((len(inband), 2 * k), np.int32)
+    count = np.zeros(len(inband), np.int64)  # 0: uncertified
+    for s in range(0, len(inband), chunk):
+        rows[s:s + chunk], count[s:s + chunk] = _certify(ref64, centres(inband[s:s + chunk]), tree, half, 2 * k,
+                                                         search)
+    row_id = np.zeros(len(inband), np.int64)
+    small, crowded = (count > 0) & (count <= k), count > k
+    candidates, row_id[small] = _unique_rows(rows[small, :k])
+    overflow, row_id[crowded] = _unique_rows(rows[crowded])
+    row_id[crowded] *= -1
+    inband, row_id = inband[count > 0], row_id[count > 0]
+    used = np.unique(inband // GRID_BLOCK**3)  # blocks with a certified cell
+    cell_rows = np.zeros((len(used) + 1, GRID_BLOCK**3), np.int32)
+    cell_rows[1 + np.searchsorted(used, inband // GRID_BLOCK**3), inband % GRID_BLOCK**3] = row_id
+    blocks = np.zeros(tuple(shape), np.int32)
+    blocks[tuple(near[used].T)] = np.arange(1, len(used) + 1, dtype=np.int32)
+    return NearestGrid(origin, float(cell), blocks, cell_rows, candidates, overflow)
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, w) int32 -> (the distinct rows after an unused row 0: (u + 1, w) int32, each row's index there (n,))."""
+    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return np.concatenate([np.zeros((1, rows.shape[1]), np.int32), unique]), inverse.ravel() + 1
+
+
+def _blocks_near(occupied: np.ndarray, reach: int, shape: np.ndarray) -> np.ndarray:
+    """Sorted unique blocks within ``reach`` blocks (per axis) of the ``occupied`` ones, inside ``shape``.
+    (P, 3) int64 -> (B, 3) int64."""
+    steps = np.arange(-reach, reach + 1)
+    offsets = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+    near = np.unique((np.unique(occupied, axis=0)[:, None, :] + offsets[None]).reshape(-1, 3), axis=0)
+    return near[((near >= 0) & (near < shape)).all(1)]
+
+
+def _certify(ref: np.ndarray, centres: np.ndarray, tree: KDTree, half: float, k: int, search: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates of cubes (``centres`` (m, 3) float64, half-edge ``half``) as :func:`nearest_grid` defines them.
+    -> (m, k) int32 reference indices (unused slots repeat the first), (m,) int64 how many (0: uncertified)."""
+    m = len(centres)
+    _, idx = tree.query(centres.astype(np.float32), k=search)
+    idx = idx.reshape(m, search)
+    rel = ref[idx] - centres[:, None, :]  # neighbours relative to the centre, float64
+    sq = np.einsum("msc,msc->ms", rel, rel)
+    radius2 = (np.sqrt(sq[:, 0]) + 2 * half * 3**0.5) ** 2
+    pos = np.zeros((m, k), np.int64)  # candidates as positions in each row of idx; unused slots: 0, the first
+    count = np.ones(m, np.int64)
+    ok = sq.max(1) > radius2 * (1 + 1e-6)  # every reference point of the ball is among those searched
+    for j in range(1, search):
+        active = np.flatnonzero(ok & (sq[:, j] <= radius2))
+        dominated = np.zeros(len(active), bool)
+        for c in range(k):
+            q = pos[active, c]
+            u = np.abs(rel[active, j] - rel[active, q]).sum(1)
+            dominated |= (count[active] > c) & (2 * half * u <= sq[active, j] - sq[active, q])
+        add = active[~dominated]
+        ok[add[count[add] >= k]] = False
+        add = add[count[add] < k]
+        pos[add, count[add]] = j
+        count[add] += 1
+    return np.take_along_axis(idx, pos, 1).astype(np.int32), np.where(ok, count, 0)
+
+
+def grid_nearest(grid: NearestGrid, reference: np.ndarray | list[np.ndarray], points: np.ndarray) -> np.ndarray:
+    """Index of each point's nearest reference point among its cell's candidates, -1 where the grid cannot certify
+    it (outside the band, or an uncertified cell). (N, 3) float32 finite, reference (R, 3) or its 3 columns ->
+    (N,) int64. Equidistant candidates: the first listed."""
+    return _grid_search(grid, reference, points, _closest)
+
+
+def grid_distance(grid: NearestGrid, reference: np.ndarray | list[np.ndarray], points: np.ndarray) -> np.ndarray:
+    """Each point's nearest-point distance as :func:`point_distance` gives it for :func:`grid_nearest`'s index, NaN
+    where the grid cannot certify it; cheaper (no index kept). (N, 3), reference -> (N,) float32."""
+    return np.sqrt(_grid_search(grid, reference, points, _least_square))
+
+
+def _grid_search(grid: NearestGrid, reference, points: np.ndarray, search: Callable) -> np.ndarray:
+    """``search(candidates (n, K), points (n, 3), reference columns)`` over each point's row (crowded cells: their
+    overflow rows); uncertified points get -1 (indices) or NaN (distances)."""
+    rows = grid_rows(grid, points)
+    r = [np.ascontiguousarray(c, dtype=np.float32) for c in (reference.T if isinstance(reference, np.ndarray)
+                                                              else reference)]
+    out = search(np.take(grid.candidates, np.maximum(rows, 0), axis=0), points, r)
+    crowded = np.flatnonzero(rows < 0)
+    if len(crowded):
+        out[crowded] = search(np.take(grid.overflow, -rows[crowded], axis=0), points[crowded], r)
+    out[rows == 0] = -1 if out.dtype.kind == "i" else np.nan
+    return out
+
+
+def _candidate_squares(cand: np.ndarray, points: np.ndarray, ref_cols: list[np.ndarray]):
+    """Squared distance to each candidate in turn: yields (ids (N,), d2 (N,) float32) per column of ``cand``
+    (N, K). Column by column: numpy's axis-1 work on (N, 3) is slow."""
+    p = [np.ascontiguousarray(points[:, i], dtype=np.float32) for i in range(3)]
+    for j in range(cand.shape[1]):
+        ids = cand[:, j]
+        d = [p[i] - np.take(ref_cols[i], ids) for i in range(3)]
+        yield ids, d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+
+
+def _closest(cand: np.ndarray, points: np.ndarray, ref_cols: list[np.ndarray]) -> np.ndarray:
+    """The candidate nearest each point, the first of equals. (N, K) int32, (N, 3), 3 x (R,) -> (N,) int64."""
+    best = np.full(len(points), np.inf, np.float32)
+    out = np.zeros(len(points), np.int64)
+    for ids, d2 in _candidate_squares(cand, points, ref_cols):
+        closer = d2 < best
+        np.copyto(best, d2, where=closer)
+        np.copyto(out, ids, where=closer)
+    return out
+
+
+def _least_square(cand: np.ndarray, points: np.ndarray, ref_cols: list[np.ndarray]) -> np.ndarray:
+    """The least squared distance to a candidate. (N, K) int32, (N, 3), 3 x (R,) -> (N,) float32."""
+    best = np.full(len(points), np.inf, np.float32)
+    for _, d2 in _candidate_squares(cand, points, ref_cols):
+        np.minimum(best, d2, out=best)
+    return best
+
+
+def grid_rows(grid: NearestGrid, points: np.ndarray) -> np.ndarray:
+    """Each point's candidate row in ``grid`` (0: none). (N, 3) finite -> (N,) int32; points outside the grid's box
+    get row 0."""
+    shape = grid.blocks.shape
+    inv = np.float32(1.0 / grid.cell)
+    shift = GRID_BLOCK.bit_length() - 1
+    block = np.zeros(len(points), np.int32)
+    local = np.zeros(len(points), np.int32)
+    inside = np.ones(len(points), bool)
+    for axis in range(3):
+        g = (points[:, axis] - grid.origin[axis]) * inv
+        np.clip(g, -1, shape[axis] * GRID_BLOCK, out=g)  # far points stay within int32 below
+        i = np.floor(g).astype(np.int32)
+        inside &= i.view(np.uint32) < shape[axis] * GRID_BLOCK  # negative -> huge unsigned
+        block *= shape[axis]
+        block += i >> shift
+        local *= GRID_BLOCK
+        local += i & (GRID_BLOCK - 1)
+    slot = np.take(grid.blocks, np.where(inside, block, 0))
+    slot[~inside] = 0
+    return np.take(grid.cells, slot * GRID_BLOCK**3 + local)
+
+
+class NearestIndex:
+    """Nearest-point queries against a fixed reference: a :class:`NearestGrid` where it certifies the answer, a
+    k-d tree for the other points, so every answer is the exact nearest point (ties aside). ``query(points, k=1)
+    -> (dist, idx)`` as the trees :func:`rigid_icp` takes; distances as :func:`point_distance`. Large queries run
+    in two halves on two threads (numpy releases the GIL in its loops)."""
+
+    PARALLEL = 100_000  # points from which a query is split over two threads
+
+    def __init__(self, reference: np.ndarray, tree, grid: NearestGrid | None = None):
+        self.reference = np.ascontiguousarray(reference, dtype=np.float32)
+        self.columns = [np.ascontiguousarray(self.reference[:, i]) for i in range(3)]
+        self.tree, self.grid = tree, grid  # tree: scipy's single-threaded cKDTree, or alike
+
+    def query(self, points: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        if k != 1:
+            raise ValueError("NearestIndex answers nearest-point queries only (k=1)")
+        points = np.ascontiguousarray(points, dtype=np.float32)
+        idx = self._split(self.nearest, points)
+        return point_distance(points, self.reference, idx), idx
+
+    def distance(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) -> (N,) float32: ``query(points)[0]``, without keeping indices where the grid answers."""
+        return self._split(self._distance, np.ascontiguousarray(points, dtype=np.float32))
+
+    def nearest(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) float32 -> (N,) int64 index of each point's nearest reference point."""
+        if self.grid is None:
+            return np.asarray(self.tree.query(points, k=1)[1], np.int64)
+        idx = grid_nearest(self.grid, self.columns, points)
+        miss = np.flatnonzero(idx < 0)
+        if len(miss):
+            idx[miss] = self.tree.query(points[miss], k=1)[1]
+        return idx
+
+    def _distance(self, points: np.ndarray) -> np.ndarray:
+        if self.grid is None:
+            return point_distance(points, self.reference, self.nearest(points))
+        dist = grid_distance(self.grid, self.columns, points)
+        miss = np.flatnonzero(np.isnan(dist))
+        if len(miss):
+            dist[miss] = point_distance(points[miss], self.reference, self.tree.query(points[miss], k=1)[1])
+        return dist
+
+    def _split(self, fn: Callable[[np.ndarray], np.ndarray], points: np.ndarray) -> np.ndarray:
+        """``fn(points)``, as two halves on two threads for a large query."""
+        if len(points) < self.PARALLEL:
+            return fn(points)
+        half = len(points) // 2
+        return np.concatenate(list(_pool().map(fn, (points[:half], points[half:]))))
+
+
+def reference_grid(reference: np.ndarray, tree: KDTree | None = None, cell: float = 0.8, band: float = 3.0,
+                   k: int = 4, max_bytes: int = 64 << 20) -> NearestGrid | None:
+    """The :class:`NearestGrid` of a fixed reference (R, 3) at its own scale: cells of ``cell`` and a band of
+    ``band`` median point spacings (good scans put 99.9 % of their points within 3, measured), ``k`` candidates;
+    the cells grow by 1.25x until the grid takes at most ``max_bytes`` (its dense table of blocks a quarter of it).
+    None for a reference too small or degenerate for one (fewer than 16 points, or duplicates at the median): its
+    queries go to the tree."""
+    if len(reference) < 16:
+        return None
+    tree = tree or KDTree(np.ascontiguousarray(reference, dtype=np.float32))
+    spacing = median_spacing(reference, tree)
+    if not spacing > 0:
+        return None
+    edge = cell * spacing
+    box = np.ptp(np.asarray(reference, np.float64), axis=0) + 2 * band * spacing
+    while float(np.prod(box / (GRID_BLOCK * edge) + 3)) * 4 > max_bytes / 4:  # the dense table of blocks alone
+        edge *= 1.25  # a long part at a fine spacing: coarser cells rather than a table of gigabytes
+    while True:
+        grid = nearest_grid(reference, edge, band * spacing, k, tree=tree)
+        if grid.nbytes <= max_bytes:
+            return grid
+        edge *= 1.25
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(2, thread_name_prefix="edgead-ops")
+
+
+def median_spacing(points: np.ndarray, tree, sample: int = 4096) -> float:
+    """Median distance from a point to its nearest other point, over a stride subsample. (N, 3) -> float."""
+    return float(np.median(tree.query(points[stride_subsample(len(points), sample)], k=2)[0][:, 1]))
+
+
+def point_distance(points: np.ndarray, reference: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Euclidean distance from each point to ``reference[idx]``, float32 as sqrt((dx^2 + dy^2) + dz^2) (the CUDA
+    kernels' order). (N, 3), (R, 3), (N,) -> (N,) float32."""
+    return np.sqrt(_squared(points, reference[idx]))
+
+
 def axis_angle(axis, angle: float) -> np.ndarray:
     """Rotation by ``angle`` radians about ``axis`` (any non-zero length), by Rodrigues' formula: an exact rotation.
     (3,), float -> (3, 3) float64. The one rotation builder; cast where float32 is needed."""
@@ -355,15 +666,15 @@ def rigid_transform(points: np.ndarray, r: np.ndarray, t: np.ndarray) -> np.ndar
 
 
 def to_model_frame(points: np.ndarray, norm: Normalization, reference: np.ndarray | None = None,
-                   icp_points: int = 2048, normals: np.ndarray | None = None) -> np.ndarray:
+                   icp_points: int = 2048, normals: np.ndarray | None = None, tree=None) -> np.ndarray:
     """(N, 3) sensor units -> (N, 3) float32 in a network's frame: bounding-box centre at 0, the fixed training
     scale, and, given a ``reference`` (R, 3) in that frame, ICP-aligned to it on a stride subsample of
     ``icp_points`` points (point-to-plane given the reference's ``normals`` (R, 3): 4x faster than point-to-point
     on test scans, same residual). Parts arrive at any offset and pose, one-sided or full; the networks see one
-    frame."""
+    frame. ``tree``: a prepared nearest-point index over ``reference`` (a :class:`NearestIndex`), else built here."""
     center = bbox_center(points)
     if reference is None or len(points) < 3:
         return norm.apply(points, center)
     sub = norm.apply(points[stride_subsample(len(points), icp_points)], center)
-    r, t = rigid_icp(sub, reference, normals=normals)
+    r, t = rigid_icp(sub, reference, normals=normals, tree=tree)
     return rigid_transform(points - center, r / np.float32(norm.scale), t)  # normalise and align in one pass

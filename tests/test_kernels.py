@@ -11,6 +11,7 @@ import pytest
 
 from edgead import ops
 from edgead.export.kernels import KERNEL_SOURCES, NVCC_FLAGS, compile_kernels, gpu_arch, ptx_requirements
+from edgead.runtime.cuda_ops import frame_grid
 
 nvcc = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(nvcc is None, reason="nvcc not installed")
@@ -27,14 +28,16 @@ def test_every_kernel_compiles_without_warnings(tmp_path):
 @needs_nvcc
 def test_export_compiles_the_entry_points_the_launcher_uses(tmp_path):
     info = compile_kernels(tmp_path)
-    assert set(info["modules"]) == {"fps", "knn"} and "--fmad=false" in info["flags"]
+    assert set(info["modules"]) == {"fps", "grid", "knn"} and "--fmad=false" in info["flags"]
     assert info["ptx_isa"] and info["min_driver"] and info["ptx_arch"] == "compute_75"  # the edge box's driver floor
-    fps, knn = (tmp_path / "edgead_fps.ptx").read_text(), (tmp_path / "edgead_knn.ptx").read_text()
+    fps, knn, grid = ((tmp_path / f"edgead_{m}.ptx").read_text() for m in ("fps", "knn", "grid"))
     for entry in ("fps_step", "fps_finish", "fps_persistent"):
         assert f".entry {entry}(" in fps
     for entry in ("knn_small", "knn_select", "gather_patches"):
         assert f".entry {entry}(" in knn
-    assert "fma.rn.f32" not in fps + knn  # no contraction: distances bit-identical to numpy's
+    for entry in ("grid_nearest", "grid_count", "grid_scatter", "grid_knn"):
+        assert f".entry {entry}(" in grid
+    assert "fma.rn.f32" not in fps + knn + grid  # no contraction: distances bit-identical to numpy's
 
 
 def test_ptx_requirements_read_the_isa_version():
@@ -66,6 +69,57 @@ def test_knn_orders_ties_by_index_on_grids_and_duplicates(k):
     patches, idx = ops.group(ref, q, k)
     np.testing.assert_array_equal(idx, want.idx)
     np.testing.assert_array_equal(patches, ref[want.idx] - q[:, None, :])
+
+
+def test_grid_kernel_reads_the_layout_ops_writes():
+    """grid_nearest indexes ops.NearestGrid's arrays: the same block edge, candidates width, overflow 2K wide."""
+    source = (KERNEL_SOURCES / "grid.cu").read_text()
+    assert f"#define GRID_BLOCK {ops.GRID_BLOCK}\n" in source
+    assert f"#define GRID_BLOCK_SHIFT {ops.GRID_BLOCK.bit_length() - 1}\n" in source
+    assert "overflow + (long long)(-row) * 2 * k" in source
+
+
+def emulate_grid_knn(query: np.ndarray, ref: np.ndarray, k: int, seed: int = 0) -> ops.Neighbours:
+    """grid.cu's grid_knn step by step on the CPU (float32 as the kernel computes): the grid CudaOps builds, points
+    bucketed in a shuffled order (the kernel's scatter order is arbitrary), rings searched until the k-th squared
+    distance is inside them, neighbours kept in (squared distance, index) order."""
+    frame, dims = frame_grid(ref)
+    origin, inv, cell = frame[:3], frame[3], frame[4]
+
+    def cell_of(p):
+        g = [min(max(np.float32((p[a] - origin[a]) * inv), np.float32(-1)), np.float32(dims[a])) for a in range(3)]
+        return tuple(min(max(int(np.floor(g[a])), 0), dims[a] - 1) for a in range(3))
+
+    buckets: dict = {}
+    for j in np.random.default_rng(seed).permutation(len(ref)):
+        buckets.setdefault(cell_of(ref[j]), []).append(int(j))
+    dist, idx = np.empty((len(query), k), np.float32), np.empty((len(query), k), np.int64)
+    for qi, q in enumerate(query):
+        c, best = cell_of(q), []
+        for r in range(max(dims) + 1):
+            for off in np.ndindex(2 * r + 1, 2 * r + 1, 2 * r + 1):
+                if max(abs(o - r) for o in off) == r:
+                    for j in buckets.get(tuple(c[a] + off[a] - r for a in range(3)), []):
+                        best.append((ops._squared(q, ref[j]), j))
+            best = sorted(best)[:k]
+            rim = np.float32(r) * cell
+            if len(best) == k and best[-1][0] < rim * rim * np.float32(0.99999):
+                break
+        dist[qi], idx[qi] = np.sqrt([b[0] for b in best]), [b[1] for b in best]
+    return ops.Neighbours(dist, idx)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 16])
+def test_grid_knn_ring_search_is_exact_on_ties_duplicates_and_outside_queries(k):
+    """The per-frame grid kernel's algorithm (emulated) returns ops.knn's neighbours, order of ties included."""
+    lattice = grid_with_duplicates()
+    rng = np.random.default_rng(k)
+    surface = (rng.normal(size=(1500, 3)) * [10, 6, 0.2]).astype(np.float32)  # flat, uneven: empty and full cells
+    for ref, q in ((lattice, queries(lattice)[::3]),
+                   (surface, np.r_[surface[::20] + 0.3, [[80.0, -60.0, 5.0], [0.0, 0.0, 30.0]]].astype(np.float32))):
+        got, want = emulate_grid_knn(q, ref, k), ops.knn(q, ref, k)
+        np.testing.assert_array_equal(got.idx, want.idx)
+        np.testing.assert_array_equal(got.dist, want.dist)
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +214,18 @@ def test_a_process_using_the_gpu_ops_exits_cleanly(cuda_ops, tmp_path):
             "print(ops.farthest_point_sample(np.random.default_rng(0).random((5000, 3), np.float32), 32)[:4])\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.gpu
+def test_gpu_grid_lookup_and_grid_knn_equal_cpu(cuda_ops):
+    """The template's grid lookup and the per-frame grid kNN (a cloud above GRID_KNN_MIN points) on the GPU."""
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(20000, 3))
+    ref = (v / np.linalg.norm(v, axis=1, keepdims=True) * [40, 25, 15]).astype(np.float32)
+    grid = ops.reference_grid(ref)
+    pts = (ref[rng.integers(0, len(ref), 50000)] + rng.normal(scale=0.3, size=(50000, 3))).astype(np.float32)
+    np.testing.assert_array_equal(cuda_ops.grid_nearest(grid, ref, pts), ops.grid_nearest(grid, ref, pts))
+    for k in (3, 16):
+        got, want = cuda_ops.knn(pts[:5000], ref, k), ops.knn(pts[:5000], ref, k)
+        np.testing.assert_array_equal(got.idx, want.idx)
+        np.testing.assert_array_equal(got.dist, want.dist)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from edgead import ops
 
@@ -164,3 +165,86 @@ def test_voxel_grid_is_fixed_in_space():
     wider = np.r_[pts, [[-500.0, 0.0, 900.0]]].astype(np.float32)
     reps, owner = ops.voxel_representatives(wider, 0.5)
     assert np.array_equal(voxel_of(wider, 0.5)[reps[owner]], voxel_of(wider, 0.5)) and owner[-1] == len(reps) - 1
+
+
+def shell(n, seed=0, noise=0.0):
+    """(n, 3) float32: points on an ellipsoid (mm, far from the origin) with optional normal noise."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return (v * [40, 25, 15] + [300, -120, 900] + rng.normal(scale=noise, size=(n, 3))).astype(np.float32)
+
+
+def brute_nearest_distance(points, ref):
+    """The exact nearest distance in the grid's arithmetic, by brute force: (N,) float32."""
+    return np.sqrt(np.min(ops._squared(points[:, None, :], ref[None, :, :]), axis=1))
+
+
+@pytest.fixture(scope="module")
+def reference_grid():
+    ref = shell(6000)
+    return ref, ops.reference_grid(ref)
+
+
+def test_grid_answers_are_the_exact_nearest_distances(reference_grid):
+    """Wherever the grid certifies a point, its candidate is a nearest reference point, bit for bit; near the
+    surface it certifies almost everything, far away nothing."""
+    ref, grid = reference_grid
+    near = np.r_[shell(3000, 1, noise=0.3), ref[:500]]
+    far = shell(200, 2) * np.float32(1.5)
+    idx = ops.grid_nearest(grid, ref, np.r_[near, far])
+    ok = idx >= 0
+    assert ok[:len(near)].mean() > 0.95 and not ok[len(near):].any()
+    exact = brute_nearest_distance(np.r_[near, far], ref)
+    np.testing.assert_array_equal(ops.point_distance(np.r_[near, far][ok], ref, idx[ok]), exact[ok])
+    assert (grid.cells < 0).any()  # crowded cells use the wider overflow rows, and are exact too
+
+
+def test_nearest_index_is_exact_everywhere_and_threads_change_nothing(reference_grid):
+    ref, grid = reference_grid
+    index = ops.NearestIndex(ref, cKDTree(ref), grid)
+    q = np.r_[shell(4000, 3, noise=0.5), shell(100, 4) * np.float32(1.2), [[1e6, -1e6, 0.0]]].astype(np.float32)
+    dist, idx = index.query(q)
+    np.testing.assert_array_equal(dist, brute_nearest_distance(q, ref))
+    np.testing.assert_array_equal(dist, ops.point_distance(q, ref, idx))
+    tree_only = ops.NearestIndex(ref, cKDTree(ref))
+    np.testing.assert_array_equal(tree_only.query(q)[0], dist)
+    index.PARALLEL = 1000  # split over two threads: same answers
+    np.testing.assert_array_equal(index.query(q)[0], dist)
+
+
+def test_grid_on_ties_and_duplicates():
+    """A lattice with repeated points: every cell of a lattice has exactly equidistant reference points."""
+    g = np.stack(np.meshgrid(np.arange(30.0), np.arange(30.0), np.arange(3.0)), -1).reshape(-1, 3)
+    ref = np.r_[g, g[:50]].astype(np.float32)
+    grid = ops.nearest_grid(ref, 0.4, 1.5)
+    q = (np.random.default_rng(5).uniform(-1, 31, (5000, 3)) * [1, 1, 0.1]).astype(np.float32)
+    idx = ops.grid_nearest(grid, ref, q)
+    ok = idx >= 0
+    assert ok.mean() > 0.9
+    np.testing.assert_array_equal(ops.point_distance(q[ok], ref, idx[ok]), brute_nearest_distance(q[ok], ref))
+
+
+def test_grid_memory_bound_and_state_roundtrip(reference_grid):
+    ref, grid = reference_grid
+    small = ops.reference_grid(ref, max_bytes=grid.nbytes // 3)
+    assert small.nbytes <= grid.nbytes // 3 and small.cell > grid.cell  # coarser cells, same exactness
+    again = ops.NearestGrid.from_arrays(grid.arrays("g"), "g")
+    q = shell(2000, 6, noise=0.2)
+    np.testing.assert_array_equal(ops.grid_nearest(again, ref, q), ops.grid_nearest(grid, ref, q))
+    assert ops.NearestGrid.from_arrays({}, "g") is None
+    assert ops.reference_grid(np.zeros((100, 3), np.float32)) is None  # duplicates: no spacing, the tree answers
+    rod = np.c_[np.linspace(0, 5000, 20000), np.zeros((20000, 2))].astype(np.float32)  # 5 m at 0.25 mm spacing
+    assert ops.reference_grid(rod, max_bytes=1 << 20).nbytes <= 1 << 20  # no dense table of the whole box first
+
+
+def test_grid_distance_equals_the_indexed_distance(reference_grid):
+    ref, grid = reference_grid
+    q = np.r_[shell(3000, 7, noise=0.4), shell(50, 8) * np.float32(1.3)].astype(np.float32)
+    idx = ops.grid_nearest(grid, ref, q)
+    dist = ops.grid_distance(grid, ref, q)
+    ok = idx >= 0
+    np.testing.assert_array_equal(np.isnan(dist), ~ok)
+    np.testing.assert_array_equal(dist[ok], ops.point_distance(q[ok], ref, idx[ok]))
+    index = ops.NearestIndex(ref, cKDTree(ref), grid)
+    np.testing.assert_array_equal(index.distance(q), index.query(q)[0])

@@ -18,6 +18,7 @@ from edgead.formats.digest import sha256_file  # noqa: E402
 from edgead.formats.engine import read_engine, write_manifest  # noqa: E402
 from edgead.runtime import EdgeDetector  # noqa: E402
 from edgead.tools import bench  # noqa: E402
+from edgead.train import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -149,20 +150,47 @@ def test_tensorrt_matches_onnx_runtime(tensorrt_here, engines, kind, tmp_path):
     assert abs(got.score - ref.score) < 0.1 * scale
 
 
-@pytest.mark.parametrize("kind", ["dusnet", "r3dad"])
-def test_bench_reports_every_stage_for_the_engine_and_both_references(engines, kind, tmp_path):
-    """``edgead bench`` end to end on a real exported engine: figures, not targets (timing is not asserted)."""
-    run, out = engines[kind]
+@pytest.fixture(scope="module")
+def template_run(tmp_path_factory):
+    """A template run directory and the folder of the normal scans it was trained on."""
+    root = tmp_path_factory.mktemp("template_bench")
+    scans = [part(seed=s) for s in range(3)]
+    for i, scan in enumerate(scans):
+        np.save(root / f"scan{i}.npy", scan)
+    train("template", scans, root / "run")
+    return root / "run", root
+
+
+@pytest.mark.parametrize("kind", ["dusnet", "r3dad", "template"])
+def test_bench_reports_every_stage_for_the_engine_and_both_references(engines, template_run, kind, tmp_path):
+    """``edgead bench`` end to end on every detector (an exported engine; the template's run directory): stages,
+    frames/s, the interleaved plain k-d tree pass and the ratio to it, stored state, RSS, and the PyTorch
+    references where there is a network. Figures, not targets (timing is not asserted)."""
     report_file = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "edgead", "bench", str(out / f"{kind}.onnx"), "--points", "20000", "--frames", "2",
-           "--reference-frames", "1", "--threads", "1", "--json", str(report_file)]
+    if kind == "template":
+        engine, data = template_run
+        extra = ["--data", str(data)]
+    else:
+        run, out = engines[kind]
+        engine, extra = out / f"{kind}.onnx", []
+    cmd = [sys.executable, "-m", "edgead", "bench", str(engine), "--points", "20000", "--frames", "2",
+           "--reference-frames", "1", "--threads", "1", "--json", str(report_file), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_file.read_text())
-    assert report["reference"] == str(run) and report["points"] == 20000
-    for key in ("engine_stats", "torch_eager_stats", "torch_numpy_geometry_stats"):
+    assert report["points"] == 20000 and report["kind"] == kind and len(report["load_average"]) == 3
+    assert report["kd_pass_stats"]["p95"] >= report["kd_pass_stats"]["median"] > 0
+    assert report["ratio_to_kd_pass"] == pytest.approx(report["engine_stats"]["total"]["median"]
+                                                       / report["kd_pass_stats"]["median"])
+    assert report["peak_rss_mb_engine"] > 0 and "plain k-d tree pass" in proc.stdout and "frames/s" in proc.stdout
+    references = ("torch_eager_stats", "torch_numpy_geometry_stats")
+    if kind == "template":  # no network: no PyTorch reference; the pass builds its tree on the 3 training scans
+        assert report["kd_union_points"] == 3 * len(part()) and not set(references) & set(report)
+        assert 0 < report["state_mb"]["grid"] < report["state_mb"]["total"] <= 64 + 1
+        return
+    assert report["reference"] == str(run) and report["state_mb"]["grid"] == 0
+    for key in ("engine_stats", *references):
         stats = report[key]
         assert all(stats[s]["median"] > 0 and stats[s]["p95"] >= stats[s]["median"] for s in bench.STAGES), key
         assert stats["fps"] == pytest.approx(1000 / stats["total"]["median"])
-    assert report["speedup_vs_torch_eager"] > 0 and report["peak_rss_mb_engine"] > 0
-    assert "every point scored" in proc.stdout and "frames/s" in proc.stdout
+    assert report["speedup_vs_torch_eager"] > 0 and "every point scored" in proc.stdout

@@ -151,7 +151,7 @@ def test_restarts_rescue_a_trapped_alignment(tmp_path):
 
 def test_fit_tolerance_sits_just_above_a_good_fit():
     """Learnt by leaving each training scan out: a good test scan fits within it, a trapped one (>= 4x) does not."""
-    aligned = template_train.align_training([elbow_scan(20000, s, deg=s) for s in range(3)], template.TemplateConfig())
+    aligned = template.align_to_first([elbow_scan(20000, s, deg=s) for s in range(3)], template.TemplateConfig())
     tol = template_train.fit_tolerance(aligned, template.TemplateConfig())
     ref = template_train.voxel_thin(np.concatenate(aligned), 100_000)
     pipe = template.Pipeline(ref, ops.estimate_normals(ref), template.TemplateConfig(fit_tolerance=tol))
@@ -190,3 +190,23 @@ def test_an_edited_run_directory_is_refused(run_dir, tmp_path):
             match = "sha256"
         with pytest.raises(ValueError, match=match):
             EdgeDetector.load(copy)
+
+
+def test_grid_scoring_is_exact_and_its_memory_is_stated(run_dir):
+    """Registration and scores through the stored grid equal those with every nearest point from the k-d tree (a
+    pipeline without a grid, as a run directory from before it loads), the defect's far points included; the run's
+    description states the grid's size, within the 64 MB cap."""
+    doc = json.loads((run_dir / "model.json").read_text())["train"]["grid"]
+    assert 0 < doc["megabytes"] <= doc["max_megabytes"] == 64 and doc["candidates_per_cell"] == 4
+    det = EdgeDetector.load(run_dir)
+    p = det.pipeline
+    meta, arrays = p.state()
+    assert p.grid is not None and any(k.startswith("grid_") for k in arrays)
+    tree_only = build_pipeline("template", meta, {"reference": arrays["reference"], "normals": arrays["normals"]})
+    assert tree_only.grid is None
+    exact = EdgeDetector(tree_only, None, backend="numpy")
+    for seed, one_sided in ((300, False), (301, True)):
+        pts, labels = part_scan(30000, seed, bulge=2.0, one_sided=one_sided)
+        a, b = det.detect(pts), exact.detect(pts)
+        np.testing.assert_array_equal(a.point_scores, b.point_scores)
+        assert a.score == b.score and a.point_scores[labels == 1].max() > 1.5

@@ -1,5 +1,5 @@
-"""``edgead bench ENGINE [--points 400000] [--frames 50] [--reference RUN_DIR]``: per-stage latency
-(``edgead.tools.bench``)."""
+"""``edgead bench ENGINE [--points 400000] [--frames 50] [--reference RUN_DIR] [--data DIR]``: per-stage latency,
+interleaved with the plain k-d tree pass (``edgead.tools.bench``)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-frames", type=int, default=5, help="timed frames of the slow eager reference")
     p.add_argument("--threads", type=int, help="threads for ONNX Runtime and torch (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--data", type=Path, help="category directory whose training scans the plain k-d tree pass builds "
+                                             "its tree on (default: the detector's stored reference)")
     p.add_argument("--json", type=Path, help="also write the figures here")
 
 
 def main(args: argparse.Namespace) -> int:
     report = run(args.engine, args.points, args.frames, args.reference, args.reference_frames, args.threads,
-                 args.device, progress=not args.quiet)
+                 args.device, args.data, progress=not args.quiet)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

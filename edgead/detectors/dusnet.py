@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from edgead import ops
 from edgead.detectors.inspection import Inspection, ReferenceSurface
@@ -56,7 +57,10 @@ class Pipeline:
         self.normalization = normalization
         self.reference = np.ascontiguousarray(reference, dtype=np.float32)  # (R, 3) training reference, normalised
         self.reference_normals = ops.estimate_normals(self.reference)
-        self.surface = ReferenceSurface(self.reference)
+        # ICP looks its correspondences up in a grid over the fixed reference (~1 s to build here, at load)
+        tree = cKDTree(self.reference)
+        self.index = ops.NearestIndex(self.reference, tree, ops.reference_grid(self.reference))
+        self.surface = ReferenceSurface(self.reference, tree)
         # (R,) sensor-unit score that normal training scans get near each reference point (empty: not calibrated)
         self.baseline = None if baseline is None or len(baseline) == 0 else baseline.astype(np.float32)
         self.geometry = geometry
@@ -66,7 +70,7 @@ class Pipeline:
         """(N, 3) sensor units -> (N, 3) float32 normalised, aligned to the training reference when configured."""
         reference = self.reference if self.config.align else None
         return ops.to_model_frame(points, self.normalization, reference, self.config.icp_points,
-                                  self.reference_normals)
+                                  self.reference_normals, self.index)
 
     def group(self, x: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(n, 3) normalised points -> patches (G, K, 3) relative to their centres, centers (G, 3); fixed shapes."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from edgead.ops import stride_subsample
+from edgead.ops import median_spacing, stride_subsample
 
 CELLS_ACROSS = 25  # coverage cells: the reference's largest extent / 25
 MIN_COVERAGE = 0.08  # share of the reference's cells the frame must reach
@@ -50,10 +50,21 @@ class Inspection:
     fitness: float  # share of the frame's points within the fit tolerance of the reference
 
 
-def cell_codes(points: np.ndarray, cell: float) -> np.ndarray:
-    """Sorted unique int64 codes of the cubic cells ``floor(x / cell)`` that hold points. (N, 3) -> (C,)."""
-    keys = np.clip(np.floor(np.asarray(points, np.float64) / cell), -(2**20), 2**20 - 1).astype(np.int64) + 2**20
-    return np.unique((keys[:, 0] << 42) | (keys[:, 1] << 21) | keys[:, 2])
+def cells_reached(points: np.ndarray, cell: float, lo: np.ndarray, occupied: np.ndarray) -> np.ndarray:
+    """Which of the reference's cubic cells ``floor(x / cell)`` (in float64) hold a point: ``occupied`` (X, Y, Z)
+    bool marks the reference's cells in a box starting at cell ``lo`` (3,) int64. (N, 3) -> (C,) bool, one per
+    occupied cell in row-major order. Linear in N, no sort (a np.unique of the frame's cells cost 10-30 ms)."""
+    shape = occupied.shape
+    code = np.zeros(len(points), np.int64)
+    inside = np.ones(len(points), bool)
+    for axis in range(3):
+        i = np.floor(points[:, axis].astype(np.float64) / cell)
+        np.subtract(i, lo[axis], out=i)
+        inside &= (i >= 0) & (i < shape[axis])
+        code = code * shape[axis] + np.where(inside, i, 0).astype(np.int64)
+    seen = np.zeros(occupied.size, bool)
+    seen[code[inside]] = True
+    return seen[occupied.ravel()]
 
 
 class ReferenceSurface:
@@ -65,15 +76,17 @@ class ReferenceSurface:
             raise ValueError("the inspection rule needs a finite reference cloud of at least 3 points")
         self.tree = tree if tree is not None else cKDTree(ref)  # the detector's own, where it has one
         self.extent = float(np.ptp(ref, axis=0).max())
-        self.spacing = float(np.median(self.tree.query(ref[stride_subsample(len(ref), 4096)], k=2)[0][:, 1]))
+        self.spacing = median_spacing(ref, self.tree)
         self.cell = max(self.extent / CELLS_ACROSS, 2 * self.spacing)
-        self.cells = cell_codes(ref, self.cell)
+        codes = np.floor(ref.astype(np.float64) / self.cell).astype(np.int64)
+        self.lo = codes.min(0)
+        self.occupied = np.zeros(tuple(codes.max(0) - self.lo + 1), bool)  # <= ~26^3: cells >= extent / 25
+        self.occupied[tuple((codes - self.lo).T)] = True
         self.tolerance = max(FIT_TOLERANCE * self.extent, 2 * self.spacing)
 
     def inspect(self, aligned: np.ndarray) -> Inspection:
         """(N, 3) frame aligned to the reference -> the figures, or NotInspected naming the check that failed."""
-        seen = np.isin(self.cells, cell_codes(aligned, self.cell), assume_unique=True)
-        coverage = float(seen.mean())
+        coverage = float(cells_reached(aligned, self.cell, self.lo, self.occupied).mean())
         if coverage < MIN_COVERAGE:
             raise NotInspected(f"{len(aligned)} points reach {coverage:.0%} of the part's surface cells, at least "
                                f"{MIN_COVERAGE:.0%} must be seen (an empty or stuck frame, or too little of the part)")

@@ -6,18 +6,25 @@ then trimmed point-to-plane ICP on a subsample, restarted from a few perturbed p
 training scans' fits) and scores each point by its distance to the nearest reference point, in sensor units (mm):
 no network, no normalisation, so the scores mean what they say. The object score is
 ``edgead.runtime.detector.object_score``.
+
+The reference never changes, so training also stores a sparse grid around it (``ops.NearestGrid``) whose cells
+list the few reference points that can be nearest to any point inside them: registration and scoring look points
+up there and ask a k-d tree only for the points the grid cannot certify (far from the part, or a crowded cell),
+so the scores are the exact nearest distances either way. Without a stored grid (older run directories) every
+query goes to the tree.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-from pykdtree.kdtree import KDTree
 from scipy.spatial import cKDTree
 
 from edgead import ops
 from edgead.detectors.inspection import Inspection, ReferenceSurface
+
+GRID = "grid"  # prefix of the nearest-point grid's arrays in the pipeline state
 
 
 @dataclass
@@ -38,26 +45,28 @@ class Pipeline:
     reference: np.ndarray  # (M, 3) float32, sensor units, in the frame of the first training scan
     normals: np.ndarray  # (M, 3) float32 unit normals of the reference, for point-to-plane ICP
     config: TemplateConfig = field(default_factory=TemplateConfig)
-    # Two trees over the reference, built once: pykdtree's OpenMP query pays off on the one large query per frame
-    # (scoring), but costs milliseconds per call on ICP's many small queries (far more on a busy CPU), which
-    # scipy's single-threaded tree answers in a fraction of a millisecond.
-    tree: KDTree = field(init=False, repr=False, compare=False)
-    icp_tree: cKDTree = field(init=False, repr=False, compare=False)
+    grid: ops.NearestGrid | None = field(default=None, repr=False, compare=False)  # stored at training
+    # Nearest reference points for ICP, the fit and the scores: the grid, scipy's single-threaded tree for what it
+    # cannot certify (ICP's small queries cost a fraction of a millisecond there; an OpenMP tree costs milliseconds
+    # per call on a busy CPU).
+    index: ops.NearestIndex = field(init=False, repr=False, compare=False)
     surface: ReferenceSurface = field(init=False, repr=False, compare=False)
     kind = "template"
     min_points = 32  # ICP needs enough points for a stable pose
 
     def __post_init__(self):
-        self.tree, self.icp_tree = KDTree(self.reference), cKDTree(self.reference)
-        self.surface = ReferenceSurface(self.reference, self.icp_tree)
+        tree = cKDTree(self.reference)
+        self.index = ops.NearestIndex(self.reference, tree, self.grid)
+        self.surface = ReferenceSurface(self.reference, tree)
 
     def icp(self, points: np.ndarray, init=None, iters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Point-to-plane ICP against the reference, correspondences from the grid (a distance-field ICP)."""
         return ops.rigid_icp(points, self.reference, iters=iters or self.config.icp_iters, trim=self.config.trim,
-                             normals=self.normals, tree=self.icp_tree, init=init)
+                             normals=self.normals, tree=self.index, init=init)
 
     def residual(self, points: np.ndarray, r: np.ndarray, t: np.ndarray) -> float:
         """Trimmed mean squared distance (mm^2) of the posed points to the reference: the fit ICP minimises."""
-        dist, _ = self.icp_tree.query(points @ r.T + t, k=1)
+        dist, _ = self.index.query(ops.rigid_transform(points, r, t))
         return trimmed_mean_square(dist, self.config.trim)
 
     def starts(self, points: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -95,26 +104,43 @@ class Pipeline:
         return {}, aligned, self.surface.inspect(aligned)
 
     def postprocess(self, points: np.ndarray, context: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return ops.score_by_voxel(context, self.config.score_voxel, self.distance)
+        return ops.score_by_voxel(context, self.config.score_voxel, self.nearest_reference_distance)
 
-    def distance(self, points: np.ndarray) -> np.ndarray:
-        """(N, 3) aligned points -> (N,) float32: ops.nearest_distance to the reference with the prebuilt tree."""
-        return self.tree.query(points, k=1)[0].astype(np.float32)
+    def nearest_reference_distance(self, points: np.ndarray) -> np.ndarray:
+        """The score: (N, 3) aligned points -> (N,) float32 exact distance (mm) to the nearest reference point,
+        as ``ops.point_distance`` computes it (grid candidates, the tree where the grid cannot certify)."""
+        return self.index.distance(points)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        return {"config": asdict(self.config)}, {"reference": self.reference, "normals": self.normals}
+        arrays = {"reference": self.reference, "normals": self.normals}
+        return {"config": asdict(self.config)}, {**arrays, **(self.grid.arrays(GRID) if self.grid else {})}
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], geometry: ops.GeometryOps = ops.CPU) -> Pipeline:
-        """``geometry`` is unused: the reference never changes, so its trees are built once here (CPU)."""
+        """``geometry`` is unused: the reference never changes, so its grid and tree are prepared once (CPU)."""
         ref, nrm = arrays.get("reference"), arrays.get("normals")
         if ref is None or nrm is None or ref.ndim != 2 or ref.shape[1] != 3 or nrm.shape != ref.shape:
             raise ValueError("template pipeline state needs 'reference' and 'normals' arrays of one shape (M, 3)")
         return cls(np.ascontiguousarray(ref, dtype=np.float32), np.ascontiguousarray(nrm, dtype=np.float32),
-                   TemplateConfig(**meta["config"]))
+                   TemplateConfig(**meta["config"]), ops.NearestGrid.from_arrays(arrays, GRID))
 
 
 def trimmed_mean_square(dist: np.ndarray, trim: float) -> float:
     """Mean of the squares of the ``trim`` fraction of smallest distances. (M,) -> float."""
     keep = max(1, int(trim * len(dist)))
     return float(np.mean(np.partition(dist, keep - 1)[:keep].astype(np.float64) ** 2))
+
+
+def align_to_first(clouds: list[np.ndarray], config: TemplateConfig) -> list[np.ndarray]:
+    """Every training cloud (finite points) aligned to the first, with restarts, as the trainer merges them (and the
+    bench's plain k-d tree pass). list of (N_i, 3) -> same."""
+    if not clouds:
+        raise ValueError("template: no training clouds")
+    clouds = [np.asarray(c, dtype=np.float32) for c in clouds]
+    clouds = [c[np.isfinite(c).all(1)] for c in clouds]
+    for i, c in enumerate(clouds):
+        if len(c) < Pipeline.min_points:
+            raise ValueError(f"template: training cloud {i} has {len(c)} finite points, need {Pipeline.min_points}")
+    first = Pipeline(clouds[0], ops.estimate_normals(clouds[0]), replace(config, fit_tolerance=0.0))
+    poses = [first.align(c, 4 * config.align_points) for c in clouds[1:]]  # offline: a finer final fit
+    return [clouds[0]] + [(c @ r.T + t).astype(np.float32) for c, (r, t) in zip(clouds[1:], poses, strict=True)]

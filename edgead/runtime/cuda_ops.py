@@ -1,8 +1,11 @@
 """The GPU-able geometry ops (``edgead.ops.GeometryOps``) as the CUDA kernels of ``edgead/kernels``, through pycuda.
 
 ``CudaOps`` returns what ``edgead.ops`` returns (same FPS indices, same neighbours in (distance, index) order), so a
-pipeline built with it scores exactly as on the CPU. It loads the PTX/cubin that ``edgead export`` compiled (an
-edge box needs no nvcc) and keeps device and pinned host buffers per name, grown when a frame needs more.
+pipeline built with it scores exactly as on the CPU. Neighbours (k <= 16) among a cloud of GRID_KNN_MIN points or
+more come from a uniform grid built over it per call (``grid.cu``: count, scan, scatter, ring search), smaller
+clouds and larger k from the brute-force kernels; ``grid_nearest`` is ``edgead.ops.grid_nearest`` on the GPU. It
+loads the PTX/cubin that ``edgead export`` compiled (an edge box needs no nvcc) and keeps device and pinned host
+buffers per name, grown when a frame needs more.
 
 Context: everything runs in GPU 0's *primary* context, the one TensorRT and the CUDA runtime use (``pycuda.autoinit``
 would create a second). pycuda's context stack is per thread and it aborts the process at exit if a context is
@@ -16,9 +19,25 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.ops import Groups, Neighbours
+from edgead.ops import Groups, NearestGrid, Neighbours
 
 FPS_THREADS, KNN_TILE, KNN_SMALL_MAX, KNN_SELECT_MAX, KNN_SELECT_THREADS = 256, 256, 16, 1024, 256
+GRID_KNN_MIN = 1024  # reference points from which grid_knn replaces the brute-force knn_small
+GRID_POINTS_PER_CELL = 4  # per-frame grid: about this many points per occupied cell of a surface
+GRID_MAX_CELLS = 1 << 22
+
+
+def frame_grid(ref: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The per-frame grid over ``ref`` (n, 3): frame (origin x, y, z, 1 / cell, cell) float32 and its cell counts
+    per axis. Cells sized for about GRID_POINTS_PER_CELL points on a surface, at most GRID_MAX_CELLS of them."""
+    lo, hi = ref.min(0).astype(np.float64), ref.max(0).astype(np.float64)
+    extent = float((hi - lo).max())
+    cell = extent * np.sqrt(GRID_POINTS_PER_CELL / max(len(ref), 1)) if extent > 0 else 1.0
+    while True:
+        dims = tuple(int(d) for d in np.floor((hi - lo) / cell).astype(np.int64) + 1)
+        if np.prod(dims) <= GRID_MAX_CELLS:
+            return np.array([*lo, 1.0 / cell, cell], np.float32), dims
+        cell *= 1.5
 
 
 class GpuContext:
@@ -58,6 +77,7 @@ class CudaOps:
             arch = f"sm_{major}{minor}"
             fps = cuda.module_from_file(str(module_file(kernel_dir, "fps", arch)))
             knn = cuda.module_from_file(str(module_file(kernel_dir, "knn", arch)))
+            grid = cuda.module_from_file(str(module_file(kernel_dir, "grid", arch)))
             self.stream = stream or cuda.Stream()
         self.fps_step = fps.get_function("fps_step")
         self.fps_step.prepare("PiPPPPii")
@@ -71,10 +91,19 @@ class CudaOps:
         self.knn_select.prepare("PPiiPP")
         self.gather = knn.get_function("gather_patches")
         self.gather.prepare("PPPiiP")
+        self.grid_lookup = grid.get_function("grid_nearest")
+        self.grid_lookup.prepare("PiPiiiPPPiPPP")
+        self.grid_count = grid.get_function("grid_count")
+        self.grid_count.prepare("PiPiiiPP")
+        self.grid_scatter = grid.get_function("grid_scatter")
+        self.grid_scatter.prepare("PiPPP")
+        self.grid_knn = grid.get_function("grid_knn")
+        self.grid_knn.prepare("PiPPiiiPPiPP")
         self.sms = context.device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
         self.fps_aborts = 0  # persistent FPS launches that found the grid not co-resident (then per-step ran)
         self._dev: dict[str, tuple[object, int]] = {}  # name -> (allocation, bytes): allocations know no size
         self._host: dict[str, np.ndarray] = {}
+        self._lookup_source: tuple[NearestGrid, np.ndarray] | None = None  # the grid and reference on the device
 
     # ---- buffers: allocated once per name, grown when a frame needs more
     def _buffer(self, name: str, nbytes: int):
@@ -152,13 +181,60 @@ class CudaOps:
         dist, idx = self._buffer("knn_dist", 4 * m * k), self._buffer("knn_idx", 4 * m * k)
         if m == 0:
             return r, q, dist, idx
-        if k <= KNN_SMALL_MAX:
+        if k <= KNN_SMALL_MAX and n >= GRID_KNN_MIN:
+            self._grid_knn(q, m, r, np.asarray(ref, dtype=np.float32), k, dist, idx)
+        elif k <= KNN_SMALL_MAX:
             self.knn_small.prepared_async_call((-(-m // KNN_TILE), 1), (KNN_TILE, 1, 1), self.stream,
                                                q, m, r, n, k, dist, idx)
         else:
             self.knn_select.prepared_async_call((m, 1), (KNN_SELECT_THREADS, 1, 1), self.stream, q, r, n, k,
                                                 dist, idx)
         return r, q, dist, idx
+
+    def _grid_knn(self, q, m: int, r, ref: np.ndarray, k: int, dist, idx) -> None:
+        """k nearest of m queries among ref (on the device as ``r``) through a grid built over ref here."""
+        n = len(ref)
+        frame, (nx, ny, nz) = frame_grid(ref)
+        cells = nx * ny * nz
+        f = self._upload("grid_frame", frame)
+        cell_of, counts = self._buffer("grid_cell_of", 4 * n), self._buffer("grid_counts", 4 * cells)
+        self.cuda.memset_d32_async(counts, 0, cells, self.stream)
+        blocks = (-(-n // KNN_TILE), 1)
+        self.grid_count.prepared_async_call(blocks, (KNN_TILE, 1, 1), self.stream, r, n, f, nx, ny, nz, cell_of,
+                                            counts)
+        starts = np.zeros(cells + 1, np.uint32)  # exclusive scan on the host: a few hundred kB at most
+        np.cumsum(self._download(counts, (cells,), np.uint32), out=starts[1:])
+        s = self._upload("grid_starts", starts)
+        cursor, order = self._buffer("grid_cursor", 4 * cells), self._buffer("grid_order", 4 * n)
+        self.cuda.memset_d32_async(cursor, 0, cells, self.stream)
+        self.grid_scatter.prepared_async_call(blocks, (KNN_TILE, 1, 1), self.stream, cell_of, n, s, cursor, order)
+        self.grid_knn.prepared_async_call((-(-m // KNN_TILE), 1), (KNN_TILE, 1, 1), self.stream, q, m, r, f, nx, ny,
+                                          nz, s, order, k, dist, idx)
+
+    def grid_nearest(self, grid: NearestGrid, reference: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """``edgead.ops.grid_nearest`` on the GPU: (N,) int64 nearest reference index, -1 where not certified."""
+        n = len(points)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        with self.context:
+            if self._lookup_source is None or self._lookup_source[0] is not grid \
+                    or self._lookup_source[1] is not reference:  # a fixed reference's grid: uploaded once
+                frame = np.r_[grid.origin, np.float32(1.0 / grid.cell)].astype(np.float32)
+                for name, a in (("frame", frame), ("blocks", grid.blocks), ("cells", grid.cells),
+                                ("candidates", grid.candidates), ("overflow", grid.overflow), ("ref", reference)):
+                    self._upload(f"lookup_{name}", np.ascontiguousarray(a, dtype=a.dtype if name != "ref"
+                                                                        else np.float32))
+                self._lookup_source = (grid, reference)
+            dev = {name: self._dev[f"lookup_{name}"][0] for name in
+                   ("frame", "blocks", "cells", "candidates", "overflow", "ref")}
+            pts = self._upload("lookup_points", np.asarray(points, dtype=np.float32))
+            out = self._buffer("lookup_out", 8 * n)
+            bx, by, bz = grid.blocks.shape
+            self.grid_lookup.prepared_async_call((-(-n // KNN_TILE), 1), (KNN_TILE, 1, 1), self.stream, pts, n,
+                                                 dev["frame"], bx, by, bz, dev["blocks"], dev["cells"],
+                                                 dev["candidates"], grid.candidates.shape[1], dev["overflow"],
+                                                 dev["ref"], out)
+            return self._download(out, (n,), np.int64)
 
     def knn(self, query: np.ndarray, ref: np.ndarray, k: int) -> Neighbours:
         m = len(query)

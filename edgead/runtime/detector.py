@@ -13,8 +13,10 @@ threshold.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,12 +88,30 @@ def object_score(points: np.ndarray, scores: np.ndarray, k: int = OBJECT_K) -> f
     a stride subsample of at most OBJECT_POINTS points, so it covers the same share of the part at any resolution
     and costs the same for any frame size.
     """
+    return neighbourhood_max(scores, object_neighbourhoods(points, k))
+
+
+def object_neighbourhoods(points: np.ndarray, k: int = OBJECT_K) -> Neighbourhoods | None:
+    """The part of :func:`object_score` that depends on the points alone (their positions, in any rigid frame):
+    the stride subsample and each subsample point's k nearest neighbours in it; None for ``k <= 1``."""
     if k <= 1:
-        return float(scores.max())
+        return None
     sub = ops.stride_subsample(len(points), OBJECT_POINTS)
-    x, s = points[sub], scores[sub]
-    idx = ops.knn(x, x, min(k, len(x))).idx
-    return float(s[idx].mean(1).max())
+    x = points[sub]
+    return Neighbourhoods(sub, ops.knn(x, x, min(k, len(x))).idx)
+
+
+def neighbourhood_max(scores: np.ndarray, hood: Neighbourhoods | None) -> float:
+    """Max over the subsample of the mean score of each neighbourhood (no neighbourhoods: the plain max).
+    (N,) -> float."""
+    if hood is None:
+        return float(scores.max())
+    return float(scores[hood.sub][hood.idx].mean(1).max())
+
+
+class Neighbourhoods(NamedTuple):
+    sub: np.ndarray  # (S,) int64 the stride subsample, indices into the frame
+    idx: np.ndarray  # (S, k) int64 each subsample point's nearest neighbours, indices into ``sub``
 
 
 class EdgeDetector:
@@ -99,6 +119,9 @@ class EdgeDetector:
 
     def __init__(self, pipeline, runner: Runner | None, *, backend: Backend, name: str = "", model_hash: str = "",
                  threshold: float | None = None, object_k: int = OBJECT_K):
+        # the object score's neighbourhoods need only the points: found on a second core while the network and
+        # postprocess run
+        self._neighbourhoods = ThreadPoolExecutor(1, thread_name_prefix="edgead-object")
         self.pipeline = pipeline
         self.runner = runner
         self.backend = Backend(backend)
@@ -130,11 +153,16 @@ class EdgeDetector:
         t0 = time.perf_counter()
         finite, keep = validate_points(points, self.pipeline.min_points)
         feeds, context, inspection = self.pipeline.preprocess(finite)
+        # after the not-inspected rule: a refused frame (a stuck sensor's one point repeated) costs no neighbours
+        hood = self._neighbourhoods.submit(object_neighbourhoods, finite, self.object_k)
         t1 = time.perf_counter()
-        outputs = self.runner(feeds) if self.runner is not None else {}
-        t2 = time.perf_counter()
-        scores = self.pipeline.postprocess(finite, context, outputs)
-        score = object_score(finite, scores, self.object_k)
+        try:
+            outputs = self.runner(feeds) if self.runner is not None else {}
+            t2 = time.perf_counter()
+            scores = self.pipeline.postprocess(finite, context, outputs)
+        finally:
+            wait([hood])  # never left running into the next frame
+        score = neighbourhood_max(scores, hood.result())
         t3 = time.perf_counter()
         if len(finite) != len(keep):
             full = np.full(len(keep), np.nan, dtype=np.float32)

@@ -1,6 +1,7 @@
 """``template`` training: align the normal scans to the first (ICP with restarts), merge them and thin the union to
 a reference of bounded size; store how well a new good scan fits (leave one out) so inference knows when to try
-other starting poses. numpy only: a runtime install can train it."""
+other starting poses, and the nearest-point grid (``ops.reference_grid``) that registration and scoring look
+points up in, bounded to MAX_GRID_BYTES. numpy only: a runtime install can train it."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import numpy as np
 
 from edgead import ops
 from edgead.detectors import Kind
-from edgead.detectors.template import Pipeline, TemplateConfig, trimmed_mean_square
+from edgead.detectors.template import Pipeline, TemplateConfig, align_to_first, trimmed_mean_square
 from edgead.formats.rundir import write_run
 from edgead.train.common import TrainOptions
 
 MAX_REFERENCE = 100_000  # reference points kept after voxel thinning
+MAX_GRID_BYTES = 64 << 20  # the nearest-point grid's memory per engine; its cells grow until it fits
 
 
 def voxel_thin(points: np.ndarray, max_points: int) -> np.ndarray:
@@ -36,20 +38,6 @@ def voxel_thin(points: np.ndarray, max_points: int) -> np.ndarray:
     return (sums / counts[:, None]).astype(np.float32)
 
 
-def align_training(clouds: list[np.ndarray], config: TemplateConfig) -> list[np.ndarray]:
-    """Every training cloud (finite points) aligned to the first, with restarts. list of (N_i, 3) -> same."""
-    if not clouds:
-        raise ValueError("template: no training clouds")
-    clouds = [np.asarray(c, dtype=np.float32) for c in clouds]
-    clouds = [c[np.isfinite(c).all(1)] for c in clouds]
-    for i, c in enumerate(clouds):
-        if len(c) < Pipeline.min_points:
-            raise ValueError(f"template: training cloud {i} has {len(c)} finite points, need {Pipeline.min_points}")
-    first = Pipeline(clouds[0], ops.estimate_normals(clouds[0]), replace(config, fit_tolerance=0.0))
-    poses = [first.align(c, 4 * config.align_points) for c in clouds[1:]]  # offline: a finer final fit
-    return [clouds[0]] + [(c @ r.T + t).astype(np.float32) for c, (r, t) in zip(clouds[1:], poses, strict=True)]
-
-
 def fit_tolerance(aligned: list[np.ndarray], config: TemplateConfig, max_reference: int = MAX_REFERENCE,
                   factor: float = 2.0) -> float:
     """``factor`` times the worst leave-one-out residual (mm^2): each aligned training scan against the reference
@@ -65,13 +53,22 @@ def fit_tolerance(aligned: list[np.ndarray], config: TemplateConfig, max_referen
 
 def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions | None = None,
           config: TemplateConfig | None = None, max_reference: int = MAX_REFERENCE) -> Pipeline:
-    """Fit the reference cloud (at most ``max_reference`` points) and write the run directory ``out``."""
+    """Fit the reference cloud (at most ``max_reference`` points) and its grid; write the run directory ``out``
+    (its description states the grid's size)."""
     config = config or TemplateConfig()
-    aligned = align_training(clouds, config)
+    aligned = align_to_first(clouds, config)
     reference = voxel_thin(np.concatenate(aligned), max_reference)
     config = replace(config, fit_tolerance=fit_tolerance(aligned, config, max_reference))
-    pipeline = Pipeline(reference, ops.estimate_normals(reference), config)
+    grid = ops.reference_grid(reference, max_bytes=MAX_GRID_BYTES)
+    pipeline = Pipeline(reference, ops.estimate_normals(reference), config, grid)
     meta, arrays = pipeline.state()
     write_run(out, kind=Kind.TEMPLATE.value, pipeline=meta, arrays=arrays,
-              train={"n_clouds": len(clouds), "max_reference": max_reference})
+              train={"n_clouds": len(clouds), "max_reference": max_reference, "grid": grid_record(grid)})
     return pipeline
+
+
+def grid_record(grid: ops.NearestGrid) -> dict:
+    """What the run's description says about the grid: cell edge (mm), candidates per cell, cells, memory."""
+    return {"cell_mm": grid.cell, "candidates_per_cell": int(grid.candidates.shape[1]),
+            "certified_cells": int((grid.cells[1:] != 0).sum()), "megabytes": round(grid.nbytes / 2**20, 2),
+            "max_megabytes": MAX_GRID_BYTES >> 20}
