@@ -619,7 +619,7 @@ def plane_step(src: np.ndarray, dst: np.ndarray, normals: np.ndarray) -> tuple[n
 
 def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: float = 0.9,
               tol: float = 1e-6, normals: np.ndarray | None = None, tree: KDTree | None = None,
-              init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              init: tuple[np.ndarray, np.ndarray] | None = None, inlier: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Align ``source`` to ``target`` (ICP from bounding-box centres). (M, 3), (N, 3) -> R, t.
 
     Matches go from source to target, so a one-sided scan (source) aligns to a full 360-degree template (target).
@@ -627,7 +627,10 @@ def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: flo
     Point-to-point by default; with the target's ``normals`` (N, 3) point-to-plane, which does not creep along
     smooth surfaces and converges in a few iterations. ``tree``: a prebuilt tree over ``target`` to reuse (any
     with ``query(points, k=1) -> (dist, idx)``: pykdtree's, or scipy's single-threaded ``cKDTree``);
-    ``init``: a starting pose (R, t) instead of the bounding-box centres. Apply as ``source @ R.T + t``.
+    ``init``: a starting pose (R, t) instead of the bounding-box centres. ``inlier``: pairs closer than this always
+    count, whatever ``trim`` says: on a one-sided view of a mostly flat part the few points that fix the pose in the
+    plane (edges, holes, bosses) are the farthest while the pose is slightly off, and trimming them away lets ICP
+    slide. Apply as ``source @ R.T + t``.
     """
     if tree is None:
         tree = KDTree(np.ascontiguousarray(target, dtype=np.float32))
@@ -639,13 +642,15 @@ def rigid_icp(source: np.ndarray, target: np.ndarray, iters: int = 60, trim: flo
     for _ in range(iters):
         moved = (source @ r.T + t).astype(np.float32)
         dist, idx = tree.query(moved, k=1)
-        keep = dist <= np.quantile(dist, trim)
+        cap = max(np.quantile(dist, trim), inlier)
+        keep = dist <= cap
         if normals is None:
             dr, dt = kabsch(moved[keep], target[idx[keep]])
         else:
             dr, dt = plane_step(moved[keep], target[idx[keep]], normals[idx[keep]])
         r, t = dr @ r, dr @ t + dt
-        err = float(np.mean(dist[keep] ** 2))
+        # the kept set grows as the fit improves: with ``inlier``, measure progress on every pair, capped
+        err = float(np.mean(np.minimum(dist, cap) ** 2) if inlier else np.mean(dist[keep] ** 2))
         if prev - err < tol * max(prev, 1e-12):
             break
         prev = err

@@ -8,13 +8,14 @@ backend shares it. Shapes never depend on the frame: clouds with fewer than G (o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from edgead import ops
+from edgead.detectors import scoring
 from edgead.detectors.inspection import Inspection, ReferenceSurface
 
 
@@ -39,6 +40,7 @@ class Config:
     calibrate: bool = False  # subtract the training scans' reconstruction error near each point (measured: worse)
     align: bool = True  # ICP-align each frame to the stored training reference before normalising
     icp_points: int = 2048  # frame subsample used for ICP
+    scoring: scoring.Scoring = field(default_factory=scoring.Scoring)  # robust-scoring rules 1 and 3 (unsigned)
 
     def __post_init__(self):
         object.__setattr__(self, "score", Distance(self.score))
@@ -94,9 +96,12 @@ class Pipeline:
 
     def postprocess(self, points: np.ndarray, context: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
         cfg = self.config
-        scores = ops.score_by_voxel(
-            context, cfg.score_voxel,
-            lambda x: score_points(x, outputs["recon"], cfg.score, cfg.normal_k, self.geometry))
+        def score(x: np.ndarray) -> np.ndarray:
+            return scoring.robust_scores(
+                x, lambda q: (score_points(q, outputs["recon"], cfg.score, cfg.normal_k, self.geometry), None),
+                cfg.scoring, self.geometry)
+
+        scores = ops.score_by_voxel(context, cfg.score_voxel, score)
         scores = scores * np.float32(self.normalization.scale)
         if cfg.calibrate and self.baseline is not None:
             scores = scores - self.baseline[self.geometry.knn(context, self.reference, 1).idx[:, 0]]
@@ -109,8 +114,8 @@ class Pipeline:
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], geometry: ops.GeometryOps = ops.CPU) -> Pipeline:
-        return cls(Config(**meta["config"]), ops.Normalization(**meta["normalization"]), arrays["reference"],
-                   arrays.get("baseline"), geometry)
+        return cls(Config(**scoring.stored(meta["config"])), ops.Normalization(**meta["normalization"]),
+                   arrays["reference"], arrays.get("baseline"), geometry)
 
 
 def score_points(x: np.ndarray, recon: np.ndarray, score: Distance = Distance.POINT, normal_k: int = 16,

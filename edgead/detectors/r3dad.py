@@ -7,7 +7,7 @@ the M points, propagated to every input point and reported in sensor units.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from edgead import ops
+from edgead.detectors import scoring
 from edgead.detectors.inspection import Inspection, ReferenceSurface
 from edgead.ops import Normalization
 
@@ -36,6 +37,7 @@ class Config:
     score_voxel: float = 0.015  # score one point per voxel of this edge (normalised) and spread it; 0: every point
     align: bool = True  # rigidly align each frame to the stored training reference (ICP) before subsampling
     ref_points: int = 2048  # size of that reference, and of the frame subsample ICP runs on
+    scoring: scoring.Scoring = field(default_factory=scoring.Scoring)  # robust-scoring rules 1 and 3 (unsigned)
 
     def __post_init__(self):
         object.__setattr__(self, "score", Distance(self.score))
@@ -119,7 +121,8 @@ class Pipeline:
             s = cluster_distance(sub, recon, self.config.k, self.geometry)
         else:
             s = self.geometry.nearest_distance(sub, recon)
-        scores = ops.score_by_voxel(x, self.config.score_voxel, lambda q: propagate(q, sub, s, self.geometry))
+        scores = ops.score_by_voxel(x, self.config.score_voxel, lambda q: scoring.robust_scores(
+            q, lambda y: (propagate(y, sub, s, self.geometry), None), self.config.scoring, self.geometry))
         return scores * np.float32(self.normalization.scale)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -128,4 +131,5 @@ class Pipeline:
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], geometry: ops.GeometryOps = ops.CPU) -> Pipeline:
-        return cls(Config(**meta["config"]), Normalization(**meta["normalization"]), arrays["reference"], geometry)
+        return cls(Config(**scoring.stored(meta["config"])), Normalization(**meta["normalization"]),
+                   arrays["reference"], geometry)

@@ -16,12 +16,14 @@ query goes to the tree.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from edgead import ops
+from edgead.detectors import scoring
 from edgead.detectors.inspection import Inspection, ReferenceSurface
 
 GRID = "grid"  # prefix of the nearest-point grid's arrays in the pipeline state
@@ -33,11 +35,12 @@ class TemplateConfig:
     coarse_points: int = 512  # points used to compare starting poses
     icp_iters: int = 30  # point-to-plane ICP converges in well under 10 on parts with small pose changes
     trim: float = 0.9  # fraction of closest pairs each ICP step fits, so defects do not pull the pose
-    restart_iters: int = 10  # enough to tell a right basin from a wrong one
-    start_angle: float = 20.0  # degrees: restarts rotate the scan by +-this about each axis ...
-    start_shift: float = 0.1  # ... or shift it by +-this fraction of the reference's extent along each axis
-    fit_tolerance: float = 0.0  # mm^2: a first fit with a larger trimmed residual tries the restarts (0: always)
+    restart_iters: int = 30  # ICP from each start converges in far fewer; 10 were too few from 20 degrees off (a gear)
+    start_angle: float = 20.0  # degrees: restarts turn the scan by +-this about each axis ...
+    start_shift: float = 0.1  # ... and hops also shift it by +-this fraction of the reference's extent
+    fit_tolerance: float = 0.0  # mm^2: a first fit with a larger residual (see residual) tries the restarts (0: always)
     score_voxel: float = 0.0  # mm: score one point per voxel of this edge and spread it (0: every point; see docs)
+    scoring: scoring.Scoring = field(default_factory=scoring.Scoring)  # the robust-scoring rules (see score)
 
 
 @dataclass
@@ -62,41 +65,70 @@ class Pipeline:
     def icp(self, points: np.ndarray, init=None, iters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Point-to-plane ICP against the reference, correspondences from the grid (a distance-field ICP)."""
         return ops.rigid_icp(points, self.reference, iters=iters or self.config.icp_iters, trim=self.config.trim,
-                             normals=self.normals, tree=self.index, init=init)
+                             normals=self.normals, tree=self.index, init=init, inlier=self.surface.tolerance)
 
     def residual(self, points: np.ndarray, r: np.ndarray, t: np.ndarray) -> float:
-        """Trimmed mean squared distance (mm^2) of the posed points to the reference: the fit ICP minimises."""
+        """Mean squared distance (mm^2) of the posed points to the reference, each capped at the inspection rule's
+        fit tolerance: every point counts (a trimmed mean would not see a tenth of the view slid off the part) and
+        none counts more than a point that does not fit at all."""
         dist, _ = self.index.query(ops.rigid_transform(points, r, t))
-        return trimmed_mean_square(dist, self.config.trim)
+        return capped_mean_square(dist, self.surface.tolerance)
 
     def starts(self, points: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Perturbed starting poses: the bounding-box centres matched, then the scan rotated about its centre by
-        +-start_angle about each axis, or shifted by +-start_shift of the part's extent. A one-sided view's box
-        centre is not the part's, and ICP from there can settle in a wrong local minimum."""
+        """Starting poses for a frame whose first fit is poor: the scan's bounding box at the reference's box
+        centre turned by +-start_angle about each axis, and put against each face and edge of the reference's box
+        (a view from one side sees the part's extreme on that side: its box touches the part's there; the corners
+        added nothing on the realistic track). A one-sided view's box centre is not the part's, and ICP from there
+        can settle in a wrong minimum."""
         c, c_ref = ops.bbox_center(points), ops.bbox_center(self.reference)
-        shift = self.config.start_shift * float(np.ptp(self.reference, axis=0).max())
-        out = []
-        for axis in range(3):
-            for sign in (-1.0, 1.0):
-                r = ops.axis_angle(np.eye(3)[axis], np.radians(sign * self.config.start_angle)).astype(np.float32)
-                out.append((r, c_ref - r @ c))
-                out.append((np.eye(3, dtype=np.float32), c_ref - c + sign * shift * np.eye(3, dtype=np.float32)[axis]))
+        slack = np.maximum(np.ptp(self.reference, axis=0) - np.ptp(points, axis=0), 0) / 2
+        eye = np.eye(3, dtype=np.float32)
+        out = [(r, c_ref - r @ c) for r in self.turns()]
+        for side in itertools.product((-1.0, 0.0, 1.0), repeat=3):
+            if 0 < np.count_nonzero(side) < 3:
+                out.append((eye, (c_ref - c + np.array(side) * slack).astype(np.float32)))
         return out
+
+    def hops(self, points: np.ndarray, pose: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Poses around a fit that is still poor: shifted by +-start_shift of the part's extent along each axis (a
+        view of one face of a plate settles on the plate's other face) or turned by +-start_angle about each axis
+        through the reference's box centre (a gear settles a tooth off: it turns about its own axis)."""
+        r, t = pose
+        c = ops.bbox_center(self.reference)
+        shift = self.config.start_shift * float(np.ptp(self.reference, axis=0).max())
+        eye = np.eye(3, dtype=np.float32)
+        return [(r, t + sign * shift * eye[axis]) for axis in range(3) for sign in (-1.0, 1.0)] + \
+            [(turn @ r, turn @ (t - c) + c) for turn in self.turns()]
+
+    def turns(self) -> list[np.ndarray]:
+        """The rotations by +-start_angle about each axis: (3, 3) float32 each."""
+        return [ops.axis_angle(np.eye(3)[axis], np.radians(sign * self.config.start_angle)).astype(np.float32)
+                for axis in range(3) for sign in (-1.0, 1.0)]
+
+    def best_fit(self, points: np.ndarray, inits: list, pose: tuple[np.ndarray, np.ndarray], err: float
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+        """ICP from each starting pose; the fit with the lowest residual, ``pose`` (of residual ``err``) included."""
+        for init in inits:
+            cand = self.icp(points, init, self.config.restart_iters)
+            cand_err = self.residual(points, *cand)
+            if cand_err < err:
+                pose, err = cand, cand_err
+        return pose, err
 
     def align(self, points: np.ndarray, fine_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3) -> R (3, 3), t (3,) mapping the frame onto the reference as ``points @ R.T + t``.
 
-        The final ICP uses ``fine_points`` (default ``align_points``) of the frame."""
-        sub = points[ops.stride_subsample(len(points), fine_points or self.config.align_points)]
+        ICP from the bounding-box centres; a fit worse than ``fit_tolerance`` tries the :meth:`starts`, and a fit
+        still worse the :meth:`hops` around the best so far. The final ICP uses ``fine_points`` (default
+        ``align_points``) of the frame; isolated points (flying pixels, ``scoring.isolated``) take no part."""
+        sub = alignment_points(points, fine_points or self.config.align_points)
         coarse = sub[ops.stride_subsample(len(sub), self.config.coarse_points)]
         pose = self.icp(coarse)
         err = self.residual(coarse, *pose)
         if err > self.config.fit_tolerance:
-            for init in self.starts(coarse):
-                cand = self.icp(coarse, init, self.config.restart_iters)
-                cand_err = self.residual(coarse, *cand)
-                if cand_err < err:
-                    pose, err = cand, cand_err
+            pose, err = self.best_fit(coarse, self.starts(coarse), pose, err)
+        if err > self.config.fit_tolerance:
+            pose, err = self.best_fit(coarse, self.hops(coarse, pose), pose, err)
         return self.icp(sub, pose)
 
     def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, Inspection]:
@@ -104,7 +136,19 @@ class Pipeline:
         return {}, aligned, self.surface.inspect(aligned)
 
     def postprocess(self, points: np.ndarray, context: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return ops.score_by_voxel(context, self.config.score_voxel, self.nearest_reference_distance)
+        return ops.score_by_voxel(context, self.config.score_voxel, self.score)
+
+    def score(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) aligned points -> (N,) float32 point scores, mm. With every rule of ``edgead.detectors.scoring``
+        (the default): the distance to the reference's surface (rule 2: the tangent plane of the nearest reference
+        point, signed), averaged over each point's 16 nearest frame points with consistent signs (rule 3), and
+        isolated points given their nearest other point's score (rule 1). ``Scoring.off()``: the distance to the
+        nearest reference point (:meth:`nearest_reference_distance`), as models stored before these rules."""
+        rules = self.config.scoring
+        if not rules.surface:
+            return scoring.robust_scores(points, lambda x: (self.nearest_reference_distance(x), None), rules)
+        return scoring.robust_scores(points, lambda x: scoring.surface_distance(
+            x, self.reference, self.normals, self.index, self.surface.spacing), rules)
 
     def nearest_reference_distance(self, points: np.ndarray) -> np.ndarray:
         """The score: (N, 3) aligned points -> (N,) float32 exact distance (mm) to the nearest reference point,
@@ -122,13 +166,7 @@ class Pipeline:
         if ref is None or nrm is None or ref.ndim != 2 or ref.shape[1] != 3 or nrm.shape != ref.shape:
             raise ValueError("template pipeline state needs 'reference' and 'normals' arrays of one shape (M, 3)")
         return cls(np.ascontiguousarray(ref, dtype=np.float32), np.ascontiguousarray(nrm, dtype=np.float32),
-                   TemplateConfig(**meta["config"]), ops.NearestGrid.from_arrays(arrays, GRID))
-
-
-def trimmed_mean_square(dist: np.ndarray, trim: float) -> float:
-    """Mean of the squares of the ``trim`` fraction of smallest distances. (M,) -> float."""
-    keep = max(1, int(trim * len(dist)))
-    return float(np.mean(np.partition(dist, keep - 1)[:keep].astype(np.float64) ** 2))
+                   TemplateConfig(**scoring.stored(meta["config"])), ops.NearestGrid.from_arrays(arrays, GRID))
 
 
 def align_to_first(clouds: list[np.ndarray], config: TemplateConfig) -> list[np.ndarray]:
@@ -144,3 +182,15 @@ def align_to_first(clouds: list[np.ndarray], config: TemplateConfig) -> list[np.
     first = Pipeline(clouds[0], ops.estimate_normals(clouds[0]), replace(config, fit_tolerance=0.0))
     poses = [first.align(c, 4 * config.align_points) for c in clouds[1:]]  # offline: a finer final fit
     return [clouds[0]] + [(c @ r.T + t).astype(np.float32) for c, (r, t) in zip(clouds[1:], poses, strict=True)]
+
+
+def alignment_points(points: np.ndarray, n: int) -> np.ndarray:
+    """The points ICP runs on: a stride subsample of ``n`` points less its isolated points (``scoring.isolated``:
+    flying pixels would pull the pose and inflate the residual). (N, 3) -> (M, 3), M <= n."""
+    sub = points[ops.stride_subsample(len(points), n)]
+    return sub[~scoring.isolated(sub)]
+
+
+def capped_mean_square(dist: np.ndarray, cap: float) -> float:
+    """Mean of the squared distances, each capped at ``cap``. (M,) -> float."""
+    return float(np.mean(np.minimum(dist.astype(np.float64), cap) ** 2))

@@ -4,11 +4,18 @@ Per category (the Real3D-AD protocol): O-AUROC and O-AUPR rank the test scans by
 P-AUROC and P-AUPR rank every point of every test scan of the category, pooled. Points the detector dropped (NaN
 score) are left out. The mean is over the categories where a metric is defined (both classes present).
 Timing is the median and 95th percentile of each stage of ``DetectionResult.timings_ms`` over all frames.
+
+The number a line engineer asks first, the smallest defect caught: per category, the object-score threshold that
+lets through at most ``far`` of the good test scans (1 % and 5 %), and the share of defective scans above it, per
+defect type (from the file name, ``NNN_<type>``) and per defect depth (from the ``synth.json`` of an
+``edgead synth`` data set).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +28,8 @@ from edgead.tools.calibrate import f1_threshold
 
 METRICS = ("o_auroc", "o_aupr", "p_auroc", "p_aupr")
 STAGES = ("preprocess", "network", "postprocess", "total")
+FARS = (0.01, 0.05)  # false-alarm rates the detection rates are reported at
+DEPTH_EDGES = (0.0025, 0.004, 0.006, 0.0085, 0.012, 0.017, 0.025, 0.035, 0.05, 0.07)  # defect depth bins (of size)
 
 
 @dataclass
@@ -39,7 +48,8 @@ class CategoryRun:
     """Everything measured on one category: per-scan results and the pooled point scores."""
 
     name: str
-    samples: list[dict] = field(default_factory=list)  # name, label, score, n_points, n_dropped, timings_ms
+    samples: list[dict] = field(default_factory=list)  # name, label, score, n_points, n_dropped, timings_ms,
+    # and for defective scans their defect type and depth (a fraction of the part's size; None when unknown)
     point_scores: list[np.ndarray] = field(default_factory=list)
     point_labels: list[np.ndarray] = field(default_factory=list)
     shown: dict[int, Shown] = field(default_factory=dict)  # label -> highest-scoring scan of that label
@@ -56,9 +66,28 @@ class CategoryRun:
         return labels[keep], scores[keep]
 
 
-def run_category(detector, name: str, samples) -> CategoryRun:
-    """Detect every test sample (``TestSample``-like: name, points, labels, label) of one category."""
+def defect_type(name: str) -> str:
+    """The defect type in a test scan's name: ``NNN_<type>`` (Real3D-AD, ``edgead synth``), else "defect"."""
+    m = re.fullmatch(r"\d+_(.+)", name)
+    return m.group(1) if m else "defect"
+
+
+def defect_depths(category_dir: Path) -> dict[str, float]:
+    """Test scan name -> defect depth (fraction of the part's size) from the ``synth.json`` that ``edgead synth``
+    writes beside its categories; {} for data without one."""
+    path = Path(category_dir).parent / "synth.json"
+    if not path.is_file():
+        return {}
+    samples = json.loads(path.read_text()).get("categories", {}).get(Path(category_dir).name, {}).get("samples", {})
+    return {key.split("/", 1)[1]: info["defect"]["depth_rel"] for key, info in samples.items()
+            if key.startswith("test/") and "depth_rel" in info.get("defect", {})}
+
+
+def run_category(detector, name: str, samples, depths: dict[str, float] | None = None) -> CategoryRun:
+    """Detect every test sample (``TestSample``-like: name, points, labels, label) of one category. ``depths``:
+    defect depth per sample name, where known (:func:`defect_depths`)."""
     run = CategoryRun(name)
+    depths = depths or {}
     for s in samples:
         try:
             res = detector.detect(s.points)
@@ -69,6 +98,8 @@ def run_category(detector, name: str, samples) -> CategoryRun:
             raise ValueError(f"{name}/{s.name}: {len(labels)} point labels for {len(res.point_scores)} points")
         run.samples.append({"name": s.name, "label": int(s.label), "score": res.score, "n_points": len(s.points),
                             "n_dropped": res.n_dropped, "timings_ms": res.timings_ms})
+        if s.label:
+            run.samples[-1].update(defect=defect_type(s.name), depth=depths.get(s.name))
         run.point_scores.append(res.point_scores)
         run.point_labels.append(labels)
         best = run.shown.get(int(s.label))
@@ -85,6 +116,46 @@ def _metric(fn, labels, scores) -> float | None:
         return None
 
 
+def depth_bin(depth: float | None) -> str | None:
+    """The DEPTH_EDGES bin of a defect depth, named by its range in % of the part's size ("0.6-0.85")."""
+    if depth is None:
+        return None
+    i = int(np.searchsorted(DEPTH_EDGES, depth, side="right"))
+    lo = f"{100 * DEPTH_EDGES[i - 1]:g}" if i > 0 else "0"
+    return f"{lo}-{100 * DEPTH_EDGES[i]:g}" if i < len(DEPTH_EDGES) else f">{lo}"
+
+
+def detection_at_far(samples: list[dict], far: float) -> dict | None:
+    """Detection rate at a fixed false-alarm rate: the threshold is the lowest object score that at most
+    ``floor(far * n_good)`` good scans exceed (with fewer than 1 / far good scans: the highest good score, i.e. no
+    false alarm at all); a defective scan is caught when its score is above it. Overall, by defect type and by
+    depth bin. None without both good and defective scans."""
+    good = np.sort([x["score"] for x in samples if x["label"] == 0])[::-1]
+    bad = [x for x in samples if x["label"] == 1]
+    if not len(good) or not bad:
+        return None
+    threshold = float(good[min(int(far * len(good)), len(good) - 1)])
+
+    def rate(group: list[dict]) -> float:
+        return float(np.mean([x["score"] > threshold for x in group]))
+
+    groups: dict[str, dict[str, list]] = {"by_type": {}, "by_depth": {}}
+    for x in bad:
+        groups["by_type"].setdefault(x.get("defect", "defect"), []).append(x)
+        if (b := depth_bin(x.get("depth"))) is not None:
+            groups["by_depth"].setdefault(b, []).append(x)
+    return {"threshold": threshold, "false_alarms": float(np.mean(good > threshold)), "n_good": len(good),
+            "detection": rate(bad),
+            **{key: {k: rate(v) for k, v in sorted(g.items(), key=lambda kv: _bin_order(kv[0]))}
+               for key, g in groups.items()}}
+
+
+def _bin_order(name: str) -> tuple[float, str]:
+    """Depth bins in increasing order (types alphabetically)."""
+    m = re.match(r">?([\d.]+)", name)
+    return (float(m.group(1)) if m else math.inf, name)
+
+
 def category_report(run: CategoryRun) -> dict:
     y, s = run.object_arrays()
     py, ps = run.point_arrays()
@@ -95,8 +166,23 @@ def category_report(run: CategoryRun) -> dict:
         "n_good": int((y == 0).sum()), "n_defective": int((y == 1).sum()),
         "points_per_frame": float(np.mean([x["n_points"] for x in run.samples])),
         "total_ms_median": float(np.median(total)),
+        "detection": {f"{far:g}": detection_at_far(run.samples, far) for far in FARS},
         "samples": run.samples,
     }
+
+
+def mean_detection(cats: dict[str, dict]) -> dict:
+    """Per false-alarm rate: the mean over categories of the detection rate, overall, by type and by depth bin
+    (each over the categories where it is defined)."""
+    out = {}
+    for far in (f"{f:g}" for f in FARS):
+        per = [c["detection"][far] for c in cats.values() if c["detection"][far] is not None]
+        mean: dict = {"detection": float(np.mean([p["detection"] for p in per])) if per else None}
+        for key in ("by_type", "by_depth"):
+            names = sorted({k for p in per for k in p[key]}, key=_bin_order)
+            mean[key] = {k: float(np.mean([p[key][k] for p in per if k in p[key]])) for k in names}
+        out[far] = mean
+    return out
 
 
 def report(detector, runs: list[CategoryRun], data_dir) -> dict:
@@ -111,7 +197,7 @@ def report(detector, runs: list[CategoryRun], data_dir) -> dict:
               for st in STAGES if (v := [x["timings_ms"][st] for x in frames if st in x["timings_ms"]])}
     return {
         "model": {"name": detector.name, "backend": detector.backend, "model_hash": detector.model_hash},
-        "data": str(data_dir), "categories": cats, "mean": mean, "timing_ms": timing,
+        "data": str(data_dir), "categories": cats, "mean": mean, "detection": mean_detection(cats), "timing_ms": timing,
         "points_per_frame": float(np.mean([x["n_points"] for x in frames])), "n_frames": len(frames),
     }
 
@@ -123,7 +209,8 @@ def run_all(detector, data_dir, progress: bool = False) -> list[CategoryRun]:
     if not cats:
         raise ValueError(f"{data_dir}: no test categories found")
     return [run_category(detector, Path(c).name, tqdm(load_test(c), desc=Path(c).name, unit="scan",
-                                                      disable=not progress)) for c in cats]
+                                                      disable=not progress), defect_depths(c))
+            for c in cats]
 
 
 def evaluate(detector, data_dir) -> dict:
@@ -144,12 +231,29 @@ def format_table(rep: dict) -> str:
                      + f" {c['n_good']:>5} {c['n_defective']:>5} {c['points_per_frame']:>10.0f} "
                      f"{c['total_ms_median']:>9.1f}")
     lines += ["-" * len(head), f"{'mean':<20} " + " ".join(f"{_fmt(rep['mean'][m]):>7}" for m in METRICS), ""]
+    lines += format_detection(rep["detection"])
     lines.append("timing (ms per frame): " + ", ".join(f"{st} {t['median']:.1f} median / {t['p95']:.1f} p95"
                                                        for st, t in rep["timing_ms"].items()))
     m = rep["model"]
     lines.append(f"model {m['name']} ({m['backend']}, {m['model_hash']}), {rep['n_frames']} frames, "
                  f"{rep['points_per_frame']:.0f} points/frame")
     return "\n".join(lines)
+
+
+def format_detection(detection: dict) -> list[str]:
+    """Detection rate at each false-alarm rate (mean over categories): overall, by defect type, by depth."""
+    lines = []
+    for key, title in (("by_type", "defect type"), ("by_depth", "depth, % of part")):
+        cols = list(dict.fromkeys(k for d in detection.values() for k in d[key]))
+        if not cols:
+            continue
+        width = max(6, *map(len, cols))
+        lines.append(f"{'detected, ' + title:<26}" + "".join(f"{c:>{width + 1}}" for c in [*cols, "all"]))
+        for far, d in detection.items():
+            vals = [d[key].get(c) for c in cols] + [d["detection"]]
+            lines.append(f"{'  at ' + f'{100 * float(far):g} % false alarms':<26}"
+                         + "".join(f"{_fmt(v).strip():>{width + 1}}" for v in vals))
+    return lines + [""] if lines else []
 
 
 def _thin_curve(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -263,3 +367,45 @@ def _shown_row(fig, grid, row: int, r: CategoryRun, threshold: float | None) -> 
                                        truth=sc.labels if k else None, title=title if v == 0 else "")
             axes.append(ax)
     figures.colour_bar(fig, sc_plot, axes, threshold)
+
+
+def _depth_centre(name: str) -> float:
+    """A depth bin's centre in % of the part's size (geometric; the open last bin: its lower edge)."""
+    lo, _, hi = name.lstrip(">").partition("-")
+    return float(lo) if not hi else math.sqrt(max(float(lo), 100 * DEPTH_EDGES[0] / 1.6) * float(hi))
+
+
+def plot_detection(rep: dict, path: Path) -> bool:
+    """The smallest defect caught: detection rate at each false-alarm rate against defect depth (mean over
+    categories, and each category thinly at the first rate), and by defect type. False when the report has no
+    defect depths (data without a ``synth.json``) and no types to show; nothing is written then."""
+    plt = figures.pyplot()
+    det = rep["detection"]
+    if not any(d["by_depth"] or d["by_type"] for d in det.values()):
+        return False
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    first = next(iter(det))
+    for name, cat in rep["categories"].items():
+        d = cat["detection"][first]
+        if d and d["by_depth"]:
+            ax.plot([_depth_centre(k) for k in d["by_depth"]], list(d["by_depth"].values()), lw=0.7, alpha=0.35,
+                    label=f"{name} ({100 * float(first):g} %)")
+    for (far, d), style in zip(det.items(), ("-o", "--s", ":^"), strict=False):
+        if d["by_depth"]:
+            ax.plot([_depth_centre(k) for k in d["by_depth"]], list(d["by_depth"].values()), style, color="k",
+                    lw=1.8, label=f"mean, {100 * float(far):g} % false alarms")
+    ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="defect depth, % of the part's size", ylabel="detection rate",
+           title="defects caught at a fixed false-alarm rate")
+    ax.legend(fontsize=7, loc="lower right")
+    types = list(dict.fromkeys(k for d in det.values() for k in d["by_type"]))
+    width = 0.8 / max(1, len(det))
+    for i, (far, d) in enumerate(det.items()):
+        bx.bar(np.arange(len(types)) + i * width, [d["by_type"].get(t, 0.0) for t in types], width,
+               label=f"{100 * float(far):g} % false alarms")
+    bx.set_xticks(np.arange(len(types)) + width * (len(det) - 1) / 2, types, rotation=30, fontsize=8)
+    bx.set(ylim=(0, 1.02), title="by defect type (mean over categories)")
+    bx.legend(fontsize=7)
+    fig.suptitle(f"{rep['model']['name']} on {rep['data']}")
+    fig.tight_layout()
+    figures.save(fig, path)
+    return True

@@ -31,7 +31,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import minimum_filter
+from scipy.ndimage import binary_closing, minimum_filter
 
 from edgead.formats.pointcloud import write_pcd
 from edgead.ops import axis_angle
@@ -39,6 +39,8 @@ from edgead.ops import axis_angle
 TRAIN_POINTS = 50_000  # default points per training scan; test scans get TEST_FRACTION of it
 TEST_FRACTION = 0.6
 DEFECT_TYPES = ("bulge", "sink", "scratch", "blob", "pit")
+TRACKS = ("full", "scan", "real")
+REAL_DEPTHS = (0.007, 0.015)  # real track: defect depth as a fraction of the part's size (Real3D-AD's range)
 
 # ------------------------------------------------------------------------------------------- surfaces and sampling
 
@@ -408,28 +410,35 @@ def _near(pts, nrm, c, nc, radius):
     return (np.einsum("ij,ij->i", d, d) < radius**2) & (nrm @ nc > 0.0) & (np.abs(d @ nc) < 0.6 * radius)
 
 
+def _given(drawn: float, value: float | None) -> float:
+    """``value`` when given, else ``drawn``: the caller draws either way, so the random stream does not change."""
+    return drawn if value is None else value
+
+
 def apply_defect(kind: str, pts, nrm, ci: int, size: float, density: float, rng: np.random.Generator,
-                 nominal_density: float | None = None):
+                 nominal_density: float | None = None, depth: float | None = None):
     """Put a defect of ``kind`` centred on point ``ci`` of a part of ``size`` mm sampled at ``density`` points per
-    mm^2 (``nominal_density``: that of the final scan, which sets the narrowest scratch). Returns points, normals,
-    labels (uint8) and a description."""
+    mm^2 (``nominal_density``: that of the final scan, which sets the narrowest scratch). ``depth`` (mm) sets how far
+    the defect leaves the surface (a bulge's height, a sink's, scratch's or pit's depth, a blob's protrusion) instead
+    of drawing it; the random draws are the same either way. Returns points, normals, labels (uint8) and a
+    description (``depth``: that distance, whichever way it was set)."""
     nominal_density = nominal_density or density
     c, nc = pts[ci].copy(), nrm[ci] / np.linalg.norm(nrm[ci])
     labels = np.zeros(len(pts), np.uint8)
     desc = {"type": kind}
     if kind in ("bulge", "sink"):
         r = size * rng.uniform(0.04, 0.07)
-        hgt = r * rng.uniform(0.2, 0.35) * (1 if kind == "bulge" else -1)
+        hgt = _given(r * rng.uniform(0.2, 0.35), depth) * (1 if kind == "bulge" else -1)
         sel = np.flatnonzero(_near(pts, nrm, c, nc, r))
         d = np.linalg.norm(pts[sel] - c, axis=1) / r
         k = (1 - d**2) ** 2
         pts = pts.copy()
         pts[sel] += (hgt * k)[:, None] * nc
         labels[sel[k > 0.05]] = 1
-        desc.update(radius=r, height=hgt)
+        desc.update(radius=r, height=hgt, depth=abs(hgt))
     elif kind == "scratch":
         length, width = size * rng.uniform(0.12, 0.22), size * rng.uniform(0.01, 0.016)
-        depth = width * rng.uniform(0.5, 0.8)
+        depth = _given(width * rng.uniform(0.5, 0.8), depth)
         width = max(width, 2.5 / np.sqrt(nominal_density))  # at least a few points across at the scan's density
         t = _tangent(nc, rng)
         b = np.cross(nc, t)
@@ -443,7 +452,8 @@ def apply_defect(kind: str, pts, nrm, ci: int, size: float, density: float, rng:
         desc.update(length=length, width=width, depth=depth)
     elif kind == "blob":
         rb = size * rng.uniform(0.03, 0.045)
-        centre = c + nc * rb * rng.uniform(0.2, 0.45)
+        lift = _given(rb * rng.uniform(0.2, 0.45), None if depth is None else depth - rb)  # centre above surface
+        centre = c + nc * lift
         inside = (np.linalg.norm(pts - centre, axis=1) < rb) & (nrm @ nc > 0.0)
         n_new = int(round(density * 4 * np.pi * rb * rb))
         dirs = rng.normal(size=(n_new, 3))
@@ -458,9 +468,9 @@ def apply_defect(kind: str, pts, nrm, ci: int, size: float, density: float, rng:
         pts = np.concatenate([pts[keep_pts], bp[keep]])
         nrm = np.concatenate([nrm[keep_pts], dirs[keep]])
         labels = np.concatenate([lab_old, np.ones(int(keep.sum()), np.uint8)])
-        desc.update(radius=rb)
+        desc.update(radius=rb, depth=rb + lift)
     elif kind == "pit":
-        rp, dp = size * rng.uniform(0.03, 0.045), size * rng.uniform(0.012, 0.022)
+        rp, dp = size * rng.uniform(0.03, 0.045), _given(size * rng.uniform(0.012, 0.022), depth)
         rel = pts - c
         radial = rel - np.outer(rel @ nc, nc)
         gone = (np.linalg.norm(radial, axis=1) < rp) & (nrm @ nc > 0.0) & (np.abs(rel @ nc) < rp)
@@ -518,6 +528,200 @@ def visible(pts: np.ndarray, nrm: np.ndarray, cam: np.ndarray, spacing: float) -
     return front & (depth <= zb[lin] + tol)
 
 
+# ------------------------------------------------------------------------------------------- a realistic depth camera
+
+BELT_CROP = 1.0  # mm: the scene crop drops everything this close to the belt (the belt itself and its noise)
+JUMP_PIXELS = 10.0  # a depth step of more than this many pixel footprints between neighbours is an occlusion edge
+
+
+def _rotate(p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """``p @ r.T`` for (N, 3) float64 points, column by column: a threaded BLAS call stalls on a busy CPU."""
+    return p[:, :1] * r[:, 0] + p[:, 1:2] * r[:, 1] + p[:, 2:] * r[:, 2]
+
+
+@dataclass
+class Camera:
+    """A pinhole camera in the belt frame: position, axes (rows: right, up, forward) and a window of ``w x h``
+    square pixels of ``pitch`` (tangent of one pixel's angle) whose first pixel is (u0, v0) off the optical axis."""
+
+    pos: np.ndarray
+    axes: np.ndarray
+    pitch: float
+    u0: int = 0
+    v0: int = 0
+    w: int = 0
+    h: int = 0
+
+    def pixels(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 3) belt frame -> camera-frame points (N, 3), pixel column and row in the window (N,) int64, and
+        whether they fall inside it (N,)."""
+        c = _rotate(pts - self.pos, self.axes)
+        u = np.floor(c[:, 0] / c[:, 2] / self.pitch).astype(np.int64) - self.u0
+        v = np.floor(c[:, 1] / c[:, 2] / self.pitch).astype(np.int64) - self.v0
+        return c, u, v, (u >= 0) & (u < self.w) & (v >= 0) & (v < self.h) & (c[:, 2] > 0)
+
+    def rays(self) -> np.ndarray:
+        """(h, w, 3) camera-frame directions through the pixel centres, forward component 1: point = depth * ray."""
+        u = (np.arange(self.w) + self.u0 + 0.5) * self.pitch
+        v = (np.arange(self.h) + self.v0 + 0.5) * self.pitch
+        uu, vv = np.meshgrid(u, v)
+        return np.stack([uu, vv, np.ones_like(uu)], -1)
+
+
+def render(cam: Camera, pts: np.ndarray, nrm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Depth image of a densely sampled surface (several samples per pixel), by a z-buffer of the samples.
+
+    Each pixel takes the nearest sample and the depth where its centre ray meets that sample's tangent plane, so a
+    plane renders exactly. -> depth (h, w) (inf: no sample), source sample (h, w) int64 (-1), cosine of incidence
+    (h, w), and ``hollow`` (h, w): empty pixels surrounded by the part (the samples missed them; no return there).
+    """
+    c, u, v, ok = cam.pixels(pts)
+    nc = _rotate(nrm, cam.axes)
+    ok &= np.einsum("ij,ij->i", nc, c) < 0  # front-facing
+    idx = np.flatnonzero(ok)
+    c, u, v, nc = c[idx], u[idx], v[idx], nc[idx]
+    ray = np.stack([(u + cam.u0 + 0.5) * cam.pitch, (v + cam.v0 + 0.5) * cam.pitch, np.ones(len(u))], 1)
+    along = np.einsum("ij,ij->i", nc, ray)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.einsum("ij,ij->i", nc, c) / along
+    foot = 3 * cam.pitch * c[:, 2]
+    z = np.where(np.isfinite(z), np.clip(z, c[:, 2] - foot, c[:, 2] + foot), c[:, 2])
+    lin = v * cam.w + u
+    order = np.lexsort((z, lin))
+    first = order[np.r_[True, lin[order][1:] != lin[order][:-1]]]
+    depth = np.full(cam.h * cam.w, np.inf)
+    src = np.full(cam.h * cam.w, -1, np.int64)
+    cos = np.zeros(cam.h * cam.w)
+    depth[lin[first]], src[lin[first]] = z[first], idx[first]
+    cos[lin[first]] = -along[first] / np.linalg.norm(ray[first], axis=1)
+    occupied = src.reshape(cam.h, cam.w) >= 0
+    hollow = binary_closing(occupied, np.ones((3, 3), bool), border_value=0) & ~occupied
+    return depth.reshape(cam.h, cam.w), src.reshape(cam.h, cam.w), cos.reshape(cam.h, cam.w), hollow
+
+
+def _occlusion_edges(z: np.ndarray, jump: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of a depth image (h, w) (NaN: unknown) with a 4-neighbour more than ``jump`` (h, w) nearer: the far
+    side of an occlusion edge. -> that mask (h, w) and the nearest neighbour's depth (h, w)."""
+    known = np.where(np.isnan(z), np.inf, z)
+    near = np.full(z.shape, np.inf)
+    near[1:] = np.minimum(near[1:], known[:-1])
+    near[:-1] = np.minimum(near[:-1], known[1:])
+    near[:, 1:] = np.minimum(near[:, 1:], known[:, :-1])
+    near[:, :-1] = np.minimum(near[:, :-1], known[:, 1:])
+    with np.errstate(invalid="ignore"):
+        return z - near > jump, near
+
+
+def camera_scan(part: Part, kind: str, rng: np.random.Generator, n_points: int, depth: float | None
+                ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One test scan of ``part`` as a stereo depth camera on a line sees it: (N, 3) points (mm), (N,) labels, and a
+    description. The points are in the line's frame (the camera calibrated to the belt, as ``edgead calibrate
+    scene`` does), at an arbitrary offset, in the camera's pixel order.
+
+    The part lies on the belt slightly turned (+-10 degrees), tilted (1-4 degrees) and shifted (+-5 mm); the camera
+    looks at it from 3-5 part sizes away, 40-90 degrees above the belt. The pixel grid is sized for about
+    ``n_points`` points. Artefacts: range noise along the ray growing with depth squared, depth quantised in
+    disparity steps (also ~ depth squared), no return from surfaces seen steeper than a cut-off nor from dark or
+    specular patches (holes), single dropped pixels, flying pixels (a depth between the two sides of an occlusion
+    edge, labelled 0), and the belt crop. ``depth``: the defect's depth in mm.
+    """
+    n_dense = 16 * n_points
+    pts, nrm = sample_surfaces(part.surfaces, rng, n_dense)
+    tilt_axis = rng.uniform(0, 2 * np.pi)
+    pose = axis_angle([np.cos(tilt_axis), np.sin(tilt_axis), 0.0], np.radians(rng.uniform(1, 4))) \
+        @ axis_angle(Z, np.radians(rng.uniform(-10, 10)))
+    shift = np.array([rng.uniform(-5, 5), rng.uniform(-5, 5), 0.0])
+    belt = float((pts @ pose[2]).min())
+    el, az = np.arcsin(rng.uniform(np.sin(np.radians(40)), 1.0)), rng.uniform(0, 2 * np.pi)
+    view = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    distance = part.size * rng.uniform(3, 5)
+    target = pose @ pts.mean(0) + shift + rng.uniform(-0.05, 0.05, 3) * part.size
+    fwd = -view
+    right = np.cross(fwd, Z if abs(fwd @ Z) < 0.999 else X)
+    right /= np.linalg.norm(right)
+    cam = Camera(target + view * distance, np.stack([right, np.cross(right, fwd), fwd]), 1.0)
+    sensor = {"distance": distance, "sigma": part.size * rng.uniform(0.0004, 0.0012),
+              "step": part.size * rng.uniform(0.0003, 0.001), "min_cos": rng.uniform(0.15, 0.3),
+              "fly": rng.uniform(0.2, 0.6), "dropout": rng.uniform(0.002, 0.01)}
+    front = np.flatnonzero(nrm @ (pose.T @ view) > 0)
+    n_holes = int(rng.integers(1, 5))
+    holes = [(pts[int(front[rng.integers(len(front))])], part.size * rng.uniform(0.02, 0.06)) for _ in range(n_holes)]
+
+    def posed(p):
+        return _rotate(p, pose) + shift
+
+    # pixel pitch and window: the good part's silhouette covers about n_points / 0.85 pixels
+    c = cam.pixels(posed(pts))[0]
+    uv = c[:, :2] / c[:, 2:]
+    trial = np.sqrt(part.area / 4 / n_points) / distance  # a convex part's silhouette is a quarter of its area
+    cells = np.floor((uv - uv.min(0)) / trial).astype(np.int64)
+    covered = len(np.unique(cells[:, 1] * (int(cells[:, 0].max()) + 1) + cells[:, 0]))
+    cam.pitch = trial * np.sqrt(covered / (n_points / 0.85))
+    uv = uv / cam.pitch
+    cam.u0, cam.v0 = (int(x) - 4 for x in np.floor(uv.min(0)))
+    cam.w, cam.h = (int(x) + 5 - lo for x, lo in zip(np.floor(uv.max(0)), (cam.u0, cam.v0), strict=True))
+    shape = (cam.h, cam.w)
+    noise, u_steep, u_drop, u_fly, alpha = (rng.normal(size=shape), rng.random(shape), rng.random(shape),
+                                            rng.random(shape), rng.uniform(0.05, 0.95, shape))
+    rays = cam.rays()
+    footprint = cam.pitch * distance  # a pixel's size on the part
+
+    def observe(p, n):
+        """-> depth (h, w), source (h, w), returned (h, w) bool: a depth came back from the part."""
+        z, src, cos, hollow = render(cam, posed(p), _rotate(n, pose))
+        dark = np.zeros(len(p), bool)
+        for centre, radius in holes:
+            dark |= np.einsum("ij,ij->i", p - centre, p - centre) < radius**2
+        steep = u_steep * sensor["min_cos"] > cos - sensor["min_cos"]  # none below min_cos, fewer up to twice it
+        returned = (src >= 0) & ~dark[np.maximum(src, 0)] & ~steep & (u_drop >= sensor["dropout"])
+        return np.where(hollow, np.nan, z), src, returned
+
+    info: dict = {"kind": kind}
+    labels = np.zeros(len(pts), np.uint8)
+    if kind != "good":
+        z, src, returned = observe(pts, nrm)
+        seen = np.zeros(len(pts), bool)
+        seen[src[returned]] = True
+        cand = np.flatnonzero(seen & (nrm @ (pose.T @ view) > 0.45))
+        for _attempt in range(20):
+            ci = int(cand[rng.integers(len(cand))])
+            p2, n2, l2, desc = apply_defect(kind, pts, nrm, ci, part.defect_size, n_dense / part.area, rng,
+                                            1 / footprint**2, depth)
+            z, src, returned = observe(p2, n2)
+            if int(l2[src[returned]].sum()) >= max(12, int(4e-4 * n_points)):
+                break
+        pts, nrm, labels = p2, n2, l2
+        info["defect"] = desc
+    z, src, returned = observe(pts, nrm)
+    pix_labels = np.where(src >= 0, labels[np.maximum(src, 0)], 0).astype(np.uint8)
+
+    # the belt behind the part: depth where each pixel's ray meets it
+    ray_belt = rays @ cam.axes
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_belt = np.where(ray_belt[..., 2] < 0, (belt - cam.pos[2]) / ray_belt[..., 2], np.inf)
+    scene = np.where((src >= 0) | np.isnan(z), z, z_belt)  # hollow pixels stay unknown
+    behind, near = _occlusion_edges(scene, JUMP_PIXELS * cam.pitch * scene)
+    flying = behind & np.isfinite(near) & (u_fly < sensor["fly"])
+    z[flying] = near[flying] + alpha[flying] * (scene[flying] - near[flying])
+    returned = (returned | flying) & np.isfinite(z)
+    pix_labels[flying] = 0
+
+    # range noise and disparity quantisation, both growing with depth squared
+    z = np.where(returned, z, distance)
+    z = z + noise * sensor["sigma"] * (z / distance) ** 2
+    k = distance**2 / sensor["step"]
+    z = k / np.maximum(np.rint(k / z), 1.0)
+    cloud = _rotate((z[..., None] * rays)[returned], cam.axes.T) + cam.pos  # the belt frame
+    keep = cloud[:, 2] - belt > BELT_CROP
+    offset = np.array([rng.uniform(-250, 250), rng.uniform(-250, 250), rng.uniform(450, 900)])
+    cloud, pix_labels = cloud[keep] + offset, pix_labels[returned][keep]
+    info.update(camera=cam.pos, sensor=sensor, rotation=pose, translation=shift + offset,
+                n_flying=int((flying[returned][keep]).sum()), returned=float(returned.mean()))
+    if "defect" in info:
+        info["defect"]["centre"] = pose @ info["defect"].pop("centre_part_frame") + shift + offset
+    return cloud, pix_labels, info
+
+
 # --------------------------------------------------------------------------------------------------------- scans
 
 
@@ -534,10 +738,14 @@ def sample_rng(seed: int, category: str, split: str, index: int) -> np.random.Ge
 
 
 def make_scan(category: str, kind: str, *, seed: int, index: int, split: str, n_points: int,
-              track: str = "full") -> Scan:
-    """One scan of ``category``: ``kind`` is "good" or a defect type; ``split`` is "train" or "test"."""
+              track: str = "full", depth: float | None = None) -> Scan:
+    """One scan of ``category``: ``kind`` is "good" or a defect type; ``split`` is "train" or "test". ``depth``: the
+    defect's depth as a fraction of the part's size (default: drawn per type; on the real track 0.7-1.5 %)."""
     part = build_part(category)
     rng = sample_rng(seed, category, split, index)
+    if track == "real" and split == "test":
+        depth = rng.uniform(*REAL_DEPTHS) if depth is None else depth
+        return _finish(part, *camera_scan(part, kind, rng, n_points, depth * part.size))
     one_sided = track == "scan" and split == "test"
     n_dense = int(n_points * (3.0 if one_sided else 1.0))  # one-sided: a camera sees 20-60 % of the surface
     pts, nrm = sample_surfaces(part.surfaces, rng, n_dense)
@@ -561,7 +769,7 @@ def make_scan(category: str, kind: str, *, seed: int, index: int, split: str, n_
         for _attempt in range(20):
             ci = int(cand[rng.integers(len(cand))])
             p2, n2, l2, desc = apply_defect(kind, pts, nrm, ci, part.defect_size, density, rng,
-                                            n_points / part.area)
+                                            n_points / part.area, None if depth is None else depth * part.size)
             if one_sided:
                 vis = visible(p2, n2, cam, spacing)
                 n_lab = int(l2[vis].sum())
@@ -599,10 +807,16 @@ def make_scan(category: str, kind: str, *, seed: int, index: int, split: str, n_
         info["defect"]["centre"] = r @ info["defect"].pop("centre_part_frame") + shift + offset
 
     order = rng.permutation(len(pts))
-    pts, labels = np.rint(pts[order] * 1000) / 1000, labels[order]  # 1 um grid: the gt text is exact
+    return _finish(part, pts[order], labels[order], info)
+
+
+def _finish(part: Part, pts: np.ndarray, labels: np.ndarray, info: dict) -> Scan:
+    """The scan on a 1 um grid (so the ground truth's text is exact), with its sizes in ``info``."""
     info["n_points"] = len(pts)
     info["n_defect_points"] = int(labels.sum())
-    return Scan(pts.astype(np.float32), labels, info)
+    if "defect" in info:
+        info["defect"]["depth_rel"] = info["defect"]["depth"] / part.size
+    return Scan((np.rint(pts * 1000) / 1000).astype(np.float32), labels, info)
 
 
 # --------------------------------------------------------------------------------------------------------- writing
@@ -631,8 +845,8 @@ def _write_gt(path: Path, pts: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _job(args):
-    category, split, index, kind, name, seed, n, track, out = args
-    scan = make_scan(category, kind, seed=seed, index=index, split=split, n_points=n, track=track)
+    category, split, index, kind, name, depth, seed, n, track, out = args
+    scan = make_scan(category, kind, seed=seed, index=index, split=split, n_points=n, track=track, depth=depth)
     root = Path(out) / category
     if split == "train":
         write_pcd(root / "train" / f"{name}.pcd", scan.points)
@@ -643,38 +857,44 @@ def _job(args):
     return category, split, name, scan.info
 
 
-def plan(categories, seed: int, n_train: int, n_good: int, n_defective: int):
-    """The list of (category, split, index, kind, file stem) to generate."""
+def plan(categories, seed: int, n_train: int, n_good: int, n_defective: int, depths=None):
+    """The list of (category, split, index, kind, file stem, defect depth) to generate. With ``depths`` (fractions
+    of the part's size) the defective scans go through every (type, depth) pair in turn; else depth is None."""
     jobs = []
     for cat in categories:
         for i in range(n_train):
-            jobs.append((cat, "train", i, "good", f"{i:03d}_template"))
-        kinds = ["good"] * n_good + [DEFECT_TYPES[i % len(DEFECT_TYPES)] for i in range(n_defective)]
+            jobs.append((cat, "train", i, "good", f"{i:03d}_template", None))
+        kinds = [("good", None)] * n_good + [
+            (DEFECT_TYPES[i % len(DEFECT_TYPES)], depths[i // len(DEFECT_TYPES) % len(depths)] if depths else None)
+            for i in range(n_defective)]
         order = sample_rng(seed, cat, "order", 0).permutation(len(kinds))
         for i, k in enumerate(order):
-            jobs.append((cat, "test", i, kinds[k], f"{i:03d}_{kinds[k]}"))
+            jobs.append((cat, "test", i, kinds[k][0], f"{i:03d}_{kinds[k][0]}", kinds[k][1]))
     return jobs
 
 
 def generate(out, *, seed: int = 0, track: str = "full", categories=None, points: int = TRAIN_POINTS,
-             n_train: int = 4, n_good: int = 15, n_defective: int = 15, workers: int | None = None,
+             n_train: int = 4, n_good: int = 15, n_defective: int = 15, depths=None, workers: int | None = None,
              progress: bool = False) -> dict:
-    """Write the benchmark to ``out``. Returns the metadata also written to ``out/synth.json``."""
+    """Write the benchmark to ``out``. Returns the metadata also written to ``out/synth.json``. ``depths``: a
+    defect-size sweep, defect depths as fractions of the part's size (see :func:`plan`)."""
     categories = list(categories or CATEGORIES)
     for c in categories:
         if c not in PARTS:
             raise ValueError(f"unknown category {c!r}; expected some of {', '.join(CATEGORIES)}")
-    if track not in ("full", "scan"):
-        raise ValueError(f"unknown track {track!r}; expected full or scan")
+    if track not in TRACKS:
+        raise ValueError(f"unknown track {track!r}; expected one of {', '.join(TRACKS)}")
+    if depths is not None and not all(0 < d < 0.2 for d in depths):
+        raise ValueError(f"defect depths {list(depths)} must be fractions of the part's size in (0, 0.2)")
     if points < 500:
         raise ValueError(f"--points {points} is too few (at least 500)")
     if min(n_train, n_good, n_defective) < 1:
         raise ValueError("need at least one training scan, one good and one defective test scan")
     out = Path(out)
     n_test = max(300, int(points * TEST_FRACTION))
-    jobs = plan(categories, seed, n_train, n_good, n_defective)
-    args = [(c, s, i, k, name, seed, points if s == "train" else n_test, track, str(out))
-            for c, s, i, k, name in jobs]
+    jobs = plan(categories, seed, n_train, n_good, n_defective, depths)
+    args = [(c, s, i, k, name, d, seed, points if s == "train" else n_test, track, str(out))
+            for c, s, i, k, name, d in jobs]
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     for c in categories:  # scans of an earlier run (say with more test samples) must not linger
         for sub, ext in (("train", "pcd"), ("test", "pcd"), ("gt", "txt")):
@@ -689,6 +909,8 @@ def generate(out, *, seed: int = 0, track: str = "full", categories=None, points
         results = [_job(a) for a in args]
     meta = {"generator": "edgead synth", "version": 1, "seed": seed, "track": track, "train_points": points,
             "test_points": n_test, "categories": {}}
+    if depths:
+        meta["depths"] = list(depths)
     for c in categories:
         part = build_part(c)
         meta["categories"][c] = {"size_mm": part.size, "area_mm2": part.area, "samples": {}}

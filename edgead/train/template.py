@@ -12,7 +12,8 @@ import numpy as np
 
 from edgead import ops
 from edgead.detectors import Kind
-from edgead.detectors.template import Pipeline, TemplateConfig, align_to_first, trimmed_mean_square
+from edgead.detectors.inspection import ReferenceSurface
+from edgead.detectors.template import Pipeline, TemplateConfig, align_to_first, alignment_points, capped_mean_square
 from edgead.formats.rundir import write_run
 from edgead.train.common import TrainOptions
 
@@ -40,14 +41,16 @@ def voxel_thin(points: np.ndarray, max_points: int) -> np.ndarray:
 
 def fit_tolerance(aligned: list[np.ndarray], config: TemplateConfig, max_reference: int = MAX_REFERENCE,
                   factor: float = 2.0) -> float:
-    """``factor`` times the worst leave-one-out residual (mm^2): each aligned training scan against the reference
-    built from the others, i.e. how well a new good scan fits. 0 (always restart) with a single training scan:
-    nothing to leave out, and restarting costs only time."""
+    """``factor`` times the worst leave-one-out residual (mm^2, as ``Pipeline.residual`` measures it): each aligned
+    training scan against the reference built from the others, i.e. how well a new good scan fits. 0 (always
+    restart) with a single training scan: nothing to leave out, and restarting costs only time."""
     worst = 0.0
     for i, c in enumerate(aligned if len(aligned) > 1 else []):
         others = voxel_thin(np.concatenate(aligned[:i] + aligned[i + 1:]), max_reference)
-        coarse = c[ops.stride_subsample(len(c), config.coarse_points)]
-        worst = max(worst, trimmed_mean_square(ops.nearest_distance(coarse, others), config.trim))
+        sub = alignment_points(c, config.align_points)
+        coarse = sub[ops.stride_subsample(len(sub), config.coarse_points)]
+        cap = ReferenceSurface(others).tolerance
+        worst = max(worst, capped_mean_square(ops.nearest_distance(coarse, others), cap))
     return factor * worst
 
 
