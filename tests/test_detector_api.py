@@ -38,16 +38,17 @@ def test_detect_returns_the_documented_fields(det, frame):
     # input order: the highest scores sit on the labelled defect, wherever it is in the array
     perm = np.random.default_rng(0).permutation(len(pts))
     shuffled = det.detect(pts[perm])
-    # (the ICP subsample differs with the order: the pose, so the scores, move by hundredths of a mm)
-    np.testing.assert_allclose(shuffled.point_scores, res.point_scores[perm], atol=0.03)
+    # (the ICP subsample differs with the order: the pose, so the scores - distances to the surface, which follow
+    # the pose directly - move by hundredths of a mm; the 2 mm bulge scores 30 times that)
+    np.testing.assert_allclose(shuffled.point_scores, res.point_scores[perm], atol=0.07)
     assert labels[np.argsort(res.point_scores)[-20:]].all()
 
 
 def test_threshold_decides_anomalous(run_dir, frame, tmp_path):
     good = part_scan(8000, 43)[0]
-    det = EdgeDetector.load(run_dir, threshold=1.2)
+    det = EdgeDetector.load(run_dir, threshold=0.5)
     assert det.detect(frame[0]).anomalous is True and det.detect(good).anomalous is False
-    assert det.detect(good).threshold == 1.2
+    assert det.detect(good).threshold == 0.5
     calib = tmp_path / "threshold.json"
     write_threshold(calib, {"threshold": 50.0, "model_hash": det.model_hash})
     loaded = EdgeDetector.load(run_dir, threshold=calib)
@@ -120,7 +121,8 @@ def test_translation_invariance(det, frame):
     pts = frame[0]
     shifted = det.detect(pts + np.float32(500.0))
     res = det.detect(pts)
-    np.testing.assert_allclose(shifted.point_scores, res.point_scores, atol=0.02)  # mm; float32 at ~1 m
+    # mm; float32 at ~1 m moves the pose by microns, and a few points at the isolation rule's border by a few 0.01 mm
+    np.testing.assert_allclose(shifted.point_scores, res.point_scores, atol=0.05)
     assert shifted.score == pytest.approx(res.score, abs=0.02)
 
 

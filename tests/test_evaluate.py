@@ -1,3 +1,4 @@
+import importlib.util
 import json
 from dataclasses import dataclass
 
@@ -6,6 +7,7 @@ import pytest
 from test_template import part_scan
 
 from edgead import EdgeDetector
+from edgead.formats.dataset import load_train
 from edgead.tools import evaluate, metrics
 from edgead.train import template
 
@@ -141,3 +143,37 @@ def test_voxel_scoring_benchmark_reports_each_size(tmp_path):
     assert exact["p_auroc"] == round(ref["p_auroc"], 4) and exact["o_auroc"] == round(ref["o_auroc"], 4)
     assert voxel["o_auroc"] == 1.0 and abs(voxel["p_auroc"] - exact["p_auroc"]) < 0.05  # 1 mm voxels, 2 mm bulge
     assert voxel["p_auroc"] != exact["p_auroc"]  # the voxel size reached the scoring
+
+
+def test_detection_rate_at_a_fixed_false_alarm_rate():
+    good = [{"label": 0, "score": float(s)} for s in range(100)]  # 0..99
+    bad = [{"label": 1, "score": 98.5, "defect": "pit", "depth": 0.003},
+           {"label": 1, "score": 97.0, "defect": "pit", "depth": 0.02},
+           {"label": 1, "score": 99.5, "defect": "bulge", "depth": 0.02}]
+    one = evaluate.detection_at_far(good + bad, 0.01)
+    assert one["threshold"] == 98.0 and one["false_alarms"] == 0.01  # one good scan of 100 above it
+    assert one["detection"] == pytest.approx(2 / 3)
+    assert one["by_type"] == {"bulge": 1.0, "pit": 0.5}
+    assert one["by_depth"] == {"0.25-0.4": 1.0, "1.7-2.5": 0.5}
+    five = evaluate.detection_at_far(good + bad, 0.05)
+    assert five["threshold"] == 94.0 and five["detection"] == 1.0
+    assert evaluate.detection_at_far(good, 0.01) is None
+
+
+def test_eval_reports_detection_by_defect_depth(tmp_path):
+    from edgead.tools import synth
+
+    synth.generate(tmp_path / "d", seed=2, categories=["hex_bolt"], points=3000, n_train=2, n_good=4, n_defective=5,
+                   depths=[0.02], workers=1)
+    run = tmp_path / "run"
+    template.train(load_train(tmp_path / "d" / "hex_bolt"), run)
+    det = EdgeDetector.load(run)
+    runs = evaluate.run_all(det, tmp_path / "d")
+    rep = evaluate.report(det, runs, tmp_path / "d")
+    assert set(rep["detection"]) == {"0.01", "0.05"}
+    assert list(rep["detection"]["0.05"]["by_depth"]) == ["1.7-2.5"]
+    assert set(rep["detection"]["0.05"]["by_type"]) == set(synth.DEFECT_TYPES)
+    assert "at 5 % false alarms" in evaluate.format_table(rep)
+    if importlib.util.find_spec("matplotlib"):
+        assert evaluate.plot_detection(rep, tmp_path / "det.png")
+        assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"

@@ -160,3 +160,31 @@ def test_cli(tmp_path, capsys):
         synth.generate(tmp_path / "x", categories=["teapot"])
     with pytest.raises(ValueError, match="too few"):
         synth.generate(tmp_path / "x", points=10)
+
+
+def test_real_track_is_a_depth_camera_scan():
+    """One-sided, at a line's offset, deterministic, with flying pixels labelled good and the defect labelled."""
+    good = synth.make_scan("l_bracket", "good", seed=4, index=0, split="test", n_points=3000, track="real")
+    again = synth.make_scan("l_bracket", "good", seed=4, index=0, split="test", n_points=3000, track="real")
+    assert np.array_equal(good.points, again.points)
+    assert 1500 < len(good.points) < 4500 and good.labels.sum() == 0
+    assert good.info["n_flying"] >= 0 and 0 < good.info["returned"] < 1
+    assert good.points[:, 2].min() > 400  # the line's frame: the camera calibrated to the belt, far off the origin
+    bad = synth.make_scan("l_bracket", "bulge", seed=4, index=1, split="test", n_points=3000, track="real",
+                          depth=0.02)
+    assert bad.labels.sum() >= 12
+    assert bad.info["defect"]["depth_rel"] == pytest.approx(0.02)
+    # training scans stay full, clean scans
+    train = synth.make_scan("l_bracket", "good", seed=4, index=0, split="train", n_points=3000, track="real")
+    assert "camera" not in train.info
+
+
+def test_defect_size_sweep(tmp_path):
+    meta = synth.generate(tmp_path, seed=1, track="real", categories=["hex_bolt"], points=2000, n_train=1,
+                          n_good=1, n_defective=10, depths=[0.005, 0.03], workers=1)
+    assert meta["depths"] == [0.005, 0.03]
+    depths = sorted(round(s["defect"]["depth_rel"], 6) for s in meta["categories"]["hex_bolt"]["samples"].values()
+                    if "defect" in s)
+    assert depths == [0.005] * 5 + [0.03] * 5  # every (type, depth) pair in turn
+    with pytest.raises(ValueError, match="fractions of the part's size"):
+        synth.generate(tmp_path / "x", depths=[3.0])

@@ -31,7 +31,7 @@ from scipy.spatial import cKDTree
 from edgead.ops import median_spacing, stride_subsample
 
 CELLS_ACROSS = 25  # coverage cells: the reference's largest extent / 25
-MIN_COVERAGE = 0.08  # share of the reference's cells the frame must reach
+MIN_COVERAGE = 0.05  # share of the reference's cells the frame must reach (good one-sided scans: 0.11 and up)
 FIT_TOLERANCE = 0.02  # of the reference's largest extent: a point this close to the reference fits
 MIN_FITNESS = 0.5  # share of the frame's points that must fit
 FIT_POINTS = 2048  # frame points the fit is measured on
@@ -84,17 +84,20 @@ class ReferenceSurface:
         self.occupied[tuple((codes - self.lo).T)] = True
         self.tolerance = max(FIT_TOLERANCE * self.extent, 2 * self.spacing)
 
+    def measure(self, aligned: np.ndarray) -> Inspection:
+        """(N, 3) frame aligned to the reference -> its coverage and fitness, whether they pass or not."""
+        coverage = float(cells_reached(aligned, self.cell, self.lo, self.occupied).mean())
+        dist, _ = self.tree.query(aligned[stride_subsample(len(aligned), FIT_POINTS)], k=1)
+        return Inspection(coverage, float((dist <= self.tolerance).mean()))
+
     def inspect(self, aligned: np.ndarray) -> Inspection:
         """(N, 3) frame aligned to the reference -> the figures, or NotInspected naming the check that failed."""
-        coverage = float(cells_reached(aligned, self.cell, self.lo, self.occupied).mean())
-        if coverage < MIN_COVERAGE:
-            raise NotInspected(f"{len(aligned)} points reach {coverage:.0%} of the part's surface cells, at least "
+        m = self.measure(aligned)
+        if m.coverage < MIN_COVERAGE:
+            raise NotInspected(f"{len(aligned)} points reach {m.coverage:.0%} of the part's surface cells, at least "
                                f"{MIN_COVERAGE:.0%} must be seen (an empty or stuck frame, or too little of the part)")
-        sub = aligned[stride_subsample(len(aligned), FIT_POINTS)]
-        dist, _ = self.tree.query(sub, k=1)
-        fitness = float((dist <= self.tolerance).mean())
-        if fitness < MIN_FITNESS:
-            raise NotInspected(f"the registration does not fit: {fitness:.0%} of the points lie near the reference "
+        if m.fitness < MIN_FITNESS:
+            raise NotInspected(f"the registration does not fit: {m.fitness:.0%} of the points lie near the reference "
                                f"(within {self.tolerance:.3g}), at least {MIN_FITNESS:.0%} must (another part, a "
                                "failed alignment, or mostly background)")
-        return Inspection(coverage, fitness)
+        return m

@@ -25,6 +25,10 @@ in every pipeline's ``postprocess`` (and the first one also in the template's al
    not towards its mean absolute value; the score is the absolute value of that mean. Unsigned scores (the
    networks' reconstruction distances) are averaged as they are.
 
+On a frame of more than NEIGHBOUR_POOL points the rules run on a stride subsample of that many (a neighbourhood
+then covers the same share of the part at any sensor resolution) and every other point takes the score of its
+nearest subsample point.
+
 Scores stay in the detector's units (mm for ``template``): a score of 0.4 means the surface around that point lies
 0.4 mm off the golden sample, on average over its 16 nearest points. Each model stores which rules it applies
 (:class:`Scoring`, part of its pipeline configuration); models stored before these rules keep their raw scores.
@@ -88,7 +92,7 @@ def surface_distance(points: np.ndarray, reference: np.ndarray, normals: np.ndar
     n = normals[idx]
     s = np.einsum("ij,ij->i", points - reference[idx], n)
     beyond = np.maximum(np.sqrt(np.maximum(dist.astype(np.float64) ** 2 - s * s, 0.0)) - spacing, 0.0)
-    return (np.sign(s) * np.sqrt(s * s + beyond * beyond)).astype(np.float32), n
+    return (np.where(s < 0, -1.0, 1.0) * np.sqrt(s * s + beyond * beyond)).astype(np.float32), n  # on the plane: +
 
 
 RawScores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
