@@ -1,7 +1,7 @@
 """DUS-Net from scratch vs fine-tuned from a pre-trained checkpoint, at the same per-category budget, along a
 learning curve (issue 17).
 
-    python benchmarks/learning_curve.py --init CKPT --data ROOT [--tracks full scan] [--categories ...]
+    python benchmarks/learning_curve.py [--init CKPT] --data ROOT [--tracks full scan] [--categories ...]
         [--steps 300 1000 3000] [--max-test N] [--work DIR] [--json F]
 
 ROOT holds one folder per track (``edgead synth --out ROOT/<track> --track <track>``). For every category, variant
@@ -38,7 +38,8 @@ def subset(samples, n: int | None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--init", type=Path, required=True, help="pre-trained checkpoint (edgead pretrain dusnet)")
+    ap.add_argument("--init", type=Path, default=dus_train.PRETRAINED["cpu"],
+                    help="pre-trained checkpoint (edgead pretrain dusnet; default: the one shipped for the cpu preset)")
     ap.add_argument("--data", type=Path, required=True, help="root with one synthetic benchmark per track")
     ap.add_argument("--tracks", nargs="+", default=["full", "scan"])
     ap.add_argument("--categories", nargs="+", help="default: every category of the first track")
@@ -57,7 +58,8 @@ def main() -> None:
             for variant, init in (("scratch", None), ("pretrained", args.init)):
                 run = args.work / variant / cat / str(steps)
                 if not is_run_dir(run):
-                    dus_train.train(clouds, run, TrainOptions(preset="cpu", steps=steps, init=init, progress=False))
+                    opts = TrainOptions(preset="cpu", steps=steps, init=init, pretrained=False, progress=False)
+                    dus_train.train(clouds, run, opts)
                 det = EdgeDetector.load(run)
                 for track, samples in tests.items():
                     m = category_report(run_category(det, cat, samples))

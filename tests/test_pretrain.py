@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -131,3 +132,17 @@ def test_r3dad_pretrains_too_and_fine_tunes_from_it(tmp_path):
     pre, tuned = torch.load(tmp_path / "r.pt", weights_only=True)["model"], torch.load(
         tmp_path / "run" / "weights.pt", weights_only=True)
     assert all(torch.equal(tuned[k], pre[k]) for k in tuned)
+
+
+def test_the_cpu_preset_starts_from_the_shipped_weights_unless_told_not_to(tmp_path):
+    shipped = torch.load(T.PRETRAINED["cpu"], weights_only=True)
+    assert shipped["arch"] == T.PRESETS["cpu"].arch.to_dict()  # the shipped file fits the preset it is shipped for
+    clouds = [corpus_part(9, i, 3000)[1] * 1.5 + 100 for i in range(2)]
+    T.train(clouds, tmp_path / "run", TrainOptions(preset="cpu", steps=0, progress=False))
+    tuned = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
+    assert all(torch.equal(tuned[k], shipped["model"][k]) for k in tuned)
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["train"]["init"].endswith("dusnet_cpu.pt")
+    T.train(clouds, tmp_path / "scratch", TrainOptions(preset="cpu", steps=0, progress=False, pretrained=False))
+    scratch = torch.load(tmp_path / "scratch" / "weights.pt", weights_only=True)
+    assert not all(torch.equal(scratch[k], shipped["model"][k]) for k in scratch)
+    assert json.loads((tmp_path / "scratch" / "model.json").read_text())["train"]["init"] is None

@@ -34,7 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/checkpoints/last.pt (saved every 100 steps and on Ctrl-C)")
-    p.add_argument("--init", type=Path, help="checkpoint to fine-tune from (e.g. a pre-trained model)")
+    p.add_argument("--init", metavar="CKPT|none",
+                   help="checkpoint to fine-tune from (edgead pretrain); default: the weights shipped for the preset "
+                        "if it has them (dusnet cpu), else none; none: train from scratch")
     p.add_argument("--steps", type=int, help="override the preset's optimisation steps per stage")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop optimising after this long (stages share it by their step counts); the run records "
@@ -62,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     for concern in training_concerns(args.data):
         log.warning(concern)
     opts = TrainOptions(preset=args.preset or "cpu", seed=args.seed, device=args.device, resume=args.resume,
-                        init=args.init, steps=args.steps, progress=not (args.no_progress or args.quiet),
+                        init=None if args.init in (None, "none") else Path(args.init),
+                        pretrained=args.init != "none", steps=args.steps, progress=not (args.no_progress or args.quiet),
                         time_budget=args.time_budget)
     try:
         train(kind, clouds, args.out, opts, force=args.force)

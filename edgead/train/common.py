@@ -50,7 +50,8 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     resume: bool = False  # continue from RUN_DIR/checkpoints/last.pt
-    init: Path | None = None  # fine-tune from a (pre-trained) checkpoint or weights file
+    init: Path | None = None  # fine-tune from a (pre-trained) checkpoint or weights file ...
+    pretrained: bool = True  # ... else from the weights shipped for the preset, if any (False: from scratch)
     steps: int | None = None  # override the preset's number of optimisation steps (per stage)
     progress: bool = True
     time_budget: float | None = None  # seconds of optimisation at most (stages share it by their step counts)

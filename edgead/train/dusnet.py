@@ -1,8 +1,10 @@
 """Two-stage DUS-Net training (section 3.4): Down-Net with Noise-Gen, then Up-Net on the frozen Down-Net's centres.
 
-Without the paper's ShapeNetPart / Visionair pre-training, both stages train on the category's few normal scans,
-augmented (small pose and scale jitter, random thinning, random FPS start, occasional one-sided crops). The
-augmented samples are drawn once per run into a pool; Noise-Gen draws fresh noise at every step.
+Both stages train on the category's few normal scans, augmented (small pose and scale jitter, random thinning,
+random FPS start, occasional one-sided crops). The augmented samples are drawn once per run into a pool; Noise-Gen
+draws fresh noise at every step. The ``cpu`` preset starts from weights pre-trained on a procedural corpus of other
+parts (``PRETRAINED``: ``edgead pretrain dusnet`` on ``edgead synth --corpus 400``, the paper's ShapeNetPart /
+Visionair pre-training done on shapes that can be had here; measured in docs/dusnet.md), unless told otherwise.
 """
 
 from __future__ import annotations
@@ -144,10 +146,15 @@ def fit_pipeline(clouds: list[np.ndarray], cfg: Config) -> tuple[Pipeline, list[
     return pipe, [pipe.thin(pipe.to_model_frame(c)) for c in clouds]
 
 
+PRETRAINED = {"cpu": Path(__file__).with_name("pretrained") / "dusnet_cpu.pt"}  # preset -> shipped weights
+
+
 def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Preset | None = None) -> str:
     """Train on normal clouds (sensor units) and write the run directory ``out``; returns its model hash.
 
-    ``setting`` replaces the preset named in ``opts`` (the ablation benchmark trains variants this way).
+    ``setting`` replaces the preset named in ``opts`` (the ablation benchmark trains variants this way). Without an
+    ``opts.init``, a preset with shipped pre-trained weights starts from them (``opts.pretrained=False``: from
+    scratch).
     """
     if not clouds:
         raise ValueError("dusnet: no training clouds")
@@ -155,6 +162,9 @@ def train(clouds: list[np.ndarray], out: Path, opts: TrainOptions, setting: Pres
     setting = setting or preset(opts.preset)
     t0, c0 = time.time(), time.process_time()  # wall and CPU time (the CPU time is the budget on a shared host)
     pipe, frames = fit_pipeline(clouds, setting.pipeline)
+    shipped = PRETRAINED.get(opts.preset)
+    if opts.init is None and opts.pretrained and shipped and setting.arch == preset(opts.preset).arch:
+        opts = replace(opts, init=shipped)
     model, info = fit_network(pipe, frames, Path(out), opts, setting)
     pipe = Pipeline(setting.pipeline, pipe.normalization, pipe.reference, fit_baseline(pipe, model, frames))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(out) / WEIGHTS)
