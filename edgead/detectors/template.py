@@ -38,6 +38,7 @@ class TemplateConfig:
     restart_iters: int = 30  # ICP from each start converges in far fewer; 10 were too few from 20 degrees off (a gear)
     start_angle: float = 20.0  # degrees: restarts turn the scan by +-this about each axis ...
     start_shift: float = 0.1  # ... and hops also shift it by +-this fraction of the reference's extent
+    sweep_step: float = 30.0  # degrees: a fit still poor after the hops tries turns by every multiple of this
     fit_tolerance: float = 0.0  # mm^2: a first fit with a larger residual (see residual) tries the restarts (0: always)
     score_voxel: float = 0.0  # mm: score one point per voxel of this edge and spread it (0: every point; see docs)
     scoring: scoring.Scoring = field(default_factory=scoring.Scoring)  # the robust-scoring rules (see score)
@@ -83,27 +84,39 @@ class Pipeline:
         c, c_ref = ops.bbox_center(points), ops.bbox_center(self.reference)
         slack = np.maximum(np.ptp(self.reference, axis=0) - np.ptp(points, axis=0), 0) / 2
         eye = np.eye(3, dtype=np.float32)
-        out = [(r, c_ref - r @ c) for r in self.turns()]
+        out = [(r, c_ref - r @ c) for r in self.turns(self.config.start_angle, -self.config.start_angle)]
         for side in itertools.product((-1.0, 0.0, 1.0), repeat=3):
             if 0 < np.count_nonzero(side) < 3:
                 out.append((eye, (c_ref - c + np.array(side) * slack).astype(np.float32)))
         return out
 
-    def hops(self, points: np.ndarray, pose: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def hops(self, pose: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Poses around a fit that is still poor: shifted by +-start_shift of the part's extent along each axis (a
         view of one face of a plate settles on the plate's other face) or turned by +-start_angle about each axis
         through the reference's box centre (a gear settles a tooth off: it turns about its own axis)."""
         r, t = pose
-        c = ops.bbox_center(self.reference)
         shift = self.config.start_shift * float(np.ptp(self.reference, axis=0).max())
         eye = np.eye(3, dtype=np.float32)
         return [(r, t + sign * shift * eye[axis]) for axis in range(3) for sign in (-1.0, 1.0)] + \
-            [(turn @ r, turn @ (t - c) + c) for turn in self.turns()]
+            self.turned(pose, self.config.start_angle, -self.config.start_angle)
 
-    def turns(self) -> list[np.ndarray]:
-        """The rotations by +-start_angle about each axis: (3, 3) float32 each."""
-        return [ops.axis_angle(np.eye(3)[axis], np.radians(sign * self.config.start_angle)).astype(np.float32)
-                for axis in range(3) for sign in (-1.0, 1.0)]
+    def sweep(self, pose: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The last resort for a fit still poor after the hops: ``pose`` turned by every multiple of sweep_step
+        about each axis through the reference's box centre (a one-sided view of a flat part can settle far from its
+        pose: a gear's face 60 degrees off, measured). Empty with sweep_step 0."""
+        step = self.config.sweep_step
+        return self.turned(pose, *np.arange(step, 360.0, step)) if step > 0 else []
+
+    def turned(self, pose: tuple[np.ndarray, np.ndarray], *angles: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``pose`` turned by each of ``angles`` (degrees) about each axis through the reference's box centre."""
+        r, t = pose
+        c = ops.bbox_center(self.reference)
+        return [(turn @ r, turn @ (t - c) + c) for turn in self.turns(*angles)]
+
+    def turns(self, *angles: float) -> list[np.ndarray]:
+        """The rotations by each of ``angles`` (degrees) about each axis: (3, 3) float32 each."""
+        return [ops.axis_angle(np.eye(3)[axis], np.radians(a)).astype(np.float32) for axis in range(3)
+                for a in angles]
 
     def best_fit(self, points: np.ndarray, inits: list, pose: tuple[np.ndarray, np.ndarray], err: float
                  ) -> tuple[tuple[np.ndarray, np.ndarray], float]:
@@ -118,9 +131,10 @@ class Pipeline:
     def align(self, points: np.ndarray, fine_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3) -> R (3, 3), t (3,) mapping the frame onto the reference as ``points @ R.T + t``.
 
-        ICP from the bounding-box centres; a fit worse than ``fit_tolerance`` tries the :meth:`starts`, and a fit
-        still worse the :meth:`hops` around the best so far. The final ICP uses ``fine_points`` (default
-        ``align_points``) of the frame; isolated points (flying pixels, ``scoring.isolated``) take no part."""
+        ICP from the bounding-box centres; a fit worse than ``fit_tolerance`` tries the :meth:`starts`, a fit still
+        worse the :meth:`hops` around the best so far, and then the :meth:`sweep`. The final ICP uses
+        ``fine_points`` (default ``align_points``) of the frame; isolated points (flying pixels,
+        ``scoring.isolated``) take no part."""
         sub = alignment_points(points, fine_points or self.config.align_points)
         coarse = sub[ops.stride_subsample(len(sub), self.config.coarse_points)]
         pose = self.icp(coarse)
@@ -128,7 +142,9 @@ class Pipeline:
         if err > self.config.fit_tolerance:
             pose, err = self.best_fit(coarse, self.starts(coarse), pose, err)
         if err > self.config.fit_tolerance:
-            pose, err = self.best_fit(coarse, self.hops(coarse, pose), pose, err)
+            pose, err = self.best_fit(coarse, self.hops(pose), pose, err)
+        if err > self.config.fit_tolerance:
+            pose, err = self.best_fit(coarse, self.sweep(pose), pose, err)
         return self.icp(sub, pose)
 
     def preprocess(self, points: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, Inspection]:
