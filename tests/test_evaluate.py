@@ -177,3 +177,26 @@ def test_eval_reports_detection_by_defect_depth(tmp_path):
     if importlib.util.find_spec("matplotlib"):
         assert evaluate.plot_detection(rep, tmp_path / "det.png")
         assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_line_like_benchmark_ablates_every_rule_on_every_track(tmp_path):
+    """benchmarks/line_like.py: one template per category serves every track; its "1+2+3" row is `edgead eval`'s."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgead.tools import synth
+
+    for track in ("full", "real"):
+        synth.generate(tmp_path / track, seed=5, track=track, categories=["hex_bolt"], points=3000, n_train=2,
+                       n_good=3, n_defective=3, workers=1)
+    script = Path(__file__).parents[1] / "benchmarks" / "line_like.py"
+    proc = subprocess.run([sys.executable, str(script), "--data", str(tmp_path), "--tracks", "full", "real",
+                           "--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "r.json").read_text())["tracks"]
+    assert set(out) == {"full", "real"} and "| 1+2+3 |" in proc.stdout and "| real | 3 good |" in proc.stdout
+    ref = evaluate.evaluate(EdgeDetector.load(tmp_path / "work" / "hex_bolt"), tmp_path / "real")
+    ours = out["real"]["hex_bolt"]["metrics"]["1+2+3"]
+    assert ours["p_auroc"] == pytest.approx(ref["categories"]["hex_bolt"]["p_auroc"], abs=1e-9)
