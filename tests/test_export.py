@@ -1,5 +1,6 @@
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ pytest.importorskip("onnxruntime")
 from engine_helpers import KINDS, part, trained_and_exported  # noqa: E402
 
 from edgead import ops  # noqa: E402
+from edgead.detectors.scoring import Scoring  # noqa: E402
 from edgead.export import export_run, trt  # noqa: E402
 from edgead.export import onnx as onnx_export  # noqa: E402
 from edgead.formats.digest import sha256_file  # noqa: E402
@@ -187,9 +189,11 @@ def test_score_voxel_chosen_at_export(exported, tmp_path):
     exact_doc = json.loads((tmp_path / f"{kind}.json").read_text())
     assert exact_doc["pipeline"]["config"]["score_voxel"] == 0.0
     frame = part(n=40_000, seed=12, bump=True)
-    det = EdgeDetector.load(out / f"{kind}.onnx")
+    det, exact_det = EdgeDetector.load(out / f"{kind}.onnx"), EdgeDetector.load(tmp_path / f"{kind}.onnx")
+    for d in (det, exact_det):  # the raw scores: the robust-scoring rules then run on whichever points were scored
+        d.pipeline.config = replace(d.pipeline.config, scoring=Scoring.off())
     voxel = det.detect(frame).point_scores
-    exact = EdgeDetector.load(tmp_path / f"{kind}.onnx").detect(frame).point_scores
+    exact = exact_det.detect(frame).point_scores
     _, context, _ = det.pipeline.preprocess(frame)
     x = context if kind == "dusnet" else context[0]  # the frame in the model's normalised coordinates
     reps, owner = ops.voxel_representatives(x, doc["pipeline"]["config"]["score_voxel"])

@@ -108,22 +108,21 @@ def robust_scores(points: np.ndarray, raw: RawScores, rules: Scoring, geometry: 
     so that a neighbourhood covers the same share of the part at any sensor resolution; on a larger frame every
     point then takes the score of its nearest subsample point (one lookup per point instead of k, and the raw
     score is computed on the subsample only)."""
+    k = min(len(points), max(rules.neighbours, ISOLATION_K + 1 if rules.isolated else 1))
+    if k <= 1:  # no rule: every point's own raw score
+        return np.abs(raw(points)[0]).astype(np.float32)
     pool = ops.stride_subsample(len(points), NEIGHBOUR_POOL)
     sub = points[pool]
     scores, directions = raw(sub)
-    k = min(len(sub), max(rules.neighbours, ISOLATION_K + 1 if rules.isolated else 1))
-    if k <= 1:
-        out = np.abs(scores).astype(np.float32)
+    neighbours = geometry.knn(sub, sub, min(k, len(sub)))
+    skip = isolated(sub, neighbours) if rules.isolated else np.zeros(len(sub), dtype=bool)
+    if rules.neighbours > 1:
+        out = consensus(scores, neighbours.idx[:, :rules.neighbours], ~skip, directions)
     else:
-        neighbours = geometry.knn(sub, sub, k)
-        skip = isolated(sub, neighbours) if rules.isolated else np.zeros(len(sub), dtype=bool)
-        if rules.neighbours > 1:
-            out = consensus(scores, neighbours.idx[:, :rules.neighbours], ~skip, directions)
-        else:
-            out = np.abs(scores).astype(np.float32)
-        if skip.any() and not skip.all():
-            keep = np.flatnonzero(~skip)
-            out[skip] = out[keep[geometry.knn(sub[skip], sub[keep], 1).idx[:, 0]]]
+        out = np.abs(scores).astype(np.float32)
+    if skip.any() and not skip.all():
+        keep = np.flatnonzero(~skip)
+        out[skip] = out[keep[geometry.knn(sub[skip], sub[keep], 1).idx[:, 0]]]
     if len(pool) == len(points):
         return out
     return out[geometry.knn(points, sub, 1).idx[:, 0]]
