@@ -17,7 +17,7 @@ reference (in the reference's own units, so one rule holds for every detector an
 
 A frame that fails raises :class:`NotInspected` with the reason and the measured figures; the service turns it
 into an error result (``status: "error"``, ``anomalous: nil``), never a pass. The constants are chosen wide of
-what good parts measure on every track of the synthetic benchmark (``benchmarks/inspection.py``,
+what good parts measure on every track of the synthetic benchmark (``benchmarks/line_like.py``,
 ``docs/evaluation.md``), and they are fractions of the part, not tuned millimetres.
 """
 
