@@ -108,3 +108,11 @@ def test_a_loaded_machine_is_named_as_the_reason_for_a_slow_eta(monkeypatch):
     assert busy_note().startswith("load average 7.2 on 2 cores: other work shares the CPUs")
     monkeypatch.setattr("os.getloadavg", lambda: (1.5, 1.0, 1.0))
     assert busy_note() is None
+
+
+@pytest.mark.parametrize("init, shipped", [(None, True), ("none", False)])
+def test_dusnet_cpu_starts_from_the_shipped_weights_unless_init_none(category, tmp_path, init, shipped):
+    args = ["train", "dusnet", "--data", str(category), "--out", str(tmp_path / "run"), "--steps", "0", "-q"]
+    assert cli.main(args + (["--init", init] if init else [])) == 0
+    recorded = json.loads((tmp_path / "run" / "model.json").read_text())["train"]["init"]
+    assert (recorded is not None and recorded.endswith("dusnet_cpu.pt")) == shipped
