@@ -82,6 +82,9 @@ def test_a_large_frame_is_scored_on_voxel_representatives_and_spread(monkeypatch
     alone = scoring.robust_scores(frame[reps], raw, Scoring(False, False, 4))  # the representatives, scored alone
     np.testing.assert_array_equal(out, alone[owner])
     assert np.abs(out - frame[:, 0]).max() < 5.0
+    stuck = np.tile(np.float32([[1.0, 2.0, 3.0]]), (2000, 1))  # one point repeated: no voxel edge to grow
+    assert scoring.pool(stuck)[0].tolist() == [0]
+    assert (scoring.robust_scores(stuck, raw, Scoring()) == 1.0).all()
 
 
 def test_models_stored_before_the_rules_keep_raw_scores():

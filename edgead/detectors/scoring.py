@@ -141,6 +141,8 @@ def pool(points: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     sample = points[ops.stride_subsample(n, 2048)]
     size = float(np.median(ops.knn(sample, sample, 2).dist[:, 1])) * np.sqrt(2 * 2048 / NEIGHBOUR_POOL)
     size = max(size, float(np.ptp(points, axis=0).max()) / NEIGHBOUR_POOL)  # duplicates: a spacing of 0
+    if size == 0:  # one point repeated: one representative
+        return np.zeros(1, dtype=np.int64), np.zeros(n, dtype=np.int64)
     while True:
         reps, owner = ops.voxel_representatives(points, size)
         if len(reps) <= NEIGHBOUR_POOL:
