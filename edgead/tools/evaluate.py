@@ -394,9 +394,14 @@ def plot_detection(rep: dict, path: Path) -> bool:
         if d["by_depth"]:
             ax.plot([_depth_centre(k) for k in d["by_depth"]], list(d["by_depth"].values()), style, color="k",
                     lw=1.8, label=f"mean, {100 * float(far):g} % false alarms")
-    ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="defect depth, % of the part's size", ylabel="detection rate",
+    ax.set(ylim=(-0.02, 1.02), xlabel="defect depth, % of the part's size", ylabel="detection rate",
            title="defects caught at a fixed false-alarm rate")
-    ax.legend(fontsize=7, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.set_xscale("log")
+        ax.legend(fontsize=7, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no defect depths in this data\n(edgead synth records them in synth.json)",
+                ha="center", va="center", transform=ax.transAxes)
     types = list(dict.fromkeys(k for d in det.values() for k in d["by_type"]))
     width = 0.8 / max(1, len(det))
     for i, (far, d) in enumerate(det.items()):
