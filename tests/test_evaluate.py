@@ -77,9 +77,25 @@ def test_label_count_mismatch_is_a_clear_error(detector):
     s.labels = s.labels[:-1]
     with pytest.raises(ValueError, match="point labels for"):
         evaluate.run_category(detector, "x", [s])
-    tiny = Sample("tiny", s.points[:5], s.labels[:5], 0)
-    with pytest.raises(ValueError, match="x/tiny: 5 finite points of 5, the model needs at least"):
-        evaluate.run_category(detector, "x", [tiny])
+
+
+def test_a_scan_the_detector_cannot_judge_counts_as_flagged(detector):
+    """Not inspected is never a pass: the scan ranks above every judged one, its points are left out."""
+    cat = samples(2, 2)
+    cat.append(Sample("good_tiny", cat[0].points[:5], cat[0].labels[:5], 0))  # 5 points: not inspected
+    run = evaluate.run_category(detector, "x", cat)
+    tiny = run.samples[-1]
+    assert tiny["score"] is None and tiny["status"] == "not inspected"
+    assert "5 finite points of 5, the model needs at least" in tiny["error"]
+    y, s = run.object_arrays()
+    assert s[-1] > s[:-1].max() and np.isfinite(s).all()  # flagged above every judged scan
+    assert len(run.point_arrays()[0]) == sum(len(x.points) for x in cat[:-1])
+    rep = evaluate.report(detector, [run], "somewhere")
+    c = rep["categories"]["x"]
+    assert c["n_not_inspected"] == 1 and c["o_auroc"] < 1.0  # a good scan above the defective ones
+    far = evaluate.detection_at_far(run.samples, 0.01)
+    assert far["false_alarms"] == pytest.approx(1 / 3)  # the unjudged good scan is a false alarm at any threshold
+    assert "not inspected, counted as flagged (never passed): 1 scans: x/good_tiny" in evaluate.format_table(rep)
 
 
 def test_plot_writes_png(detector, runs, tmp_path):

@@ -14,6 +14,7 @@ defect type (from the file name, ``NNN_<type>``) and per defect depth (from the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -22,9 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edgead.detectors import NotInspected
 from edgead.formats.dataset import find_categories, load_test
 from edgead.tools import figures, metrics
 from edgead.tools.calibrate import f1_threshold
+
+log = logging.getLogger(__name__)
 
 METRICS = ("o_auroc", "o_aupr", "p_auroc", "p_aupr")
 STAGES = ("preprocess", "network", "postprocess", "total")
@@ -55,12 +59,17 @@ class CategoryRun:
     shown: dict[int, Shown] = field(default_factory=dict)  # label -> highest-scoring scan of that label
 
     def object_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """-> labels (S,) int, object scores (S,) float."""
-        return (np.array([s["label"] for s in self.samples], dtype=np.int64),
-                np.array([s["score"] for s in self.samples], dtype=np.float64))
+        """-> labels (S,) int, object scores (S,) float. A scan the detector did not inspect (score None) is
+        flagged, never passed: it ranks above every judged scan (their highest score + 1)."""
+        scores = np.array([np.nan if s["score"] is None else s["score"] for s in self.samples], dtype=np.float64)
+        judged = scores[np.isfinite(scores)]
+        scores[np.isnan(scores)] = (judged.max() if len(judged) else 0.0) + 1.0
+        return np.array([s["label"] for s in self.samples], dtype=np.int64), scores
 
     def point_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Pooled over the category with dropped (NaN) points removed. -> labels (P,) uint8, scores (P,) float32."""
+        if not self.point_scores:  # no scan inspected
+            return np.zeros(0, np.uint8), np.zeros(0, np.float32)
         labels, scores = np.concatenate(self.point_labels), np.concatenate(self.point_scores)
         keep = np.isfinite(scores)
         return labels[keep], scores[keep]
@@ -91,6 +100,13 @@ def run_category(detector, name: str, samples, depths: dict[str, float] | None =
     for s in samples:
         try:
             res = detector.detect(s.points)
+        except NotInspected as exc:  # never a pass: counted as flagged, its points left out of the point metrics
+            log.warning("%s/%s: not inspected (%s); counted as flagged", name, s.name, exc)
+            run.samples.append({"name": s.name, "label": int(s.label), "score": None, "status": "not inspected",
+                                "error": str(exc), "n_points": len(s.points), "timings_ms": {}})
+            if s.label:
+                run.samples[-1].update(defect=defect_type(s.name), depth=depths.get(s.name))
+            continue
         except ValueError as exc:
             raise ValueError(f"{name}/{s.name}: {exc}") from exc
         labels = np.asarray(s.labels, dtype=np.uint8)
@@ -130,14 +146,19 @@ def detection_at_far(samples: list[dict], far: float) -> dict | None:
     ``floor(far * n_good)`` good scans exceed (with fewer than 1 / far good scans: the highest good score, i.e. no
     false alarm at all); a defective scan is caught when its score is above it. Overall, by defect type and by
     depth bin. None without both good and defective scans."""
-    good = np.sort([x["score"] for x in samples if x["label"] == 0])[::-1]
+    def score(x: dict) -> float:  # a scan not inspected is flagged at every threshold
+        return np.inf if x["score"] is None else x["score"]
+
+    good = np.sort([score(x) for x in samples if x["label"] == 0])[::-1]
     bad = [x for x in samples if x["label"] == 1]
     if not len(good) or not bad:
         return None
     threshold = float(good[min(int(far * len(good)), len(good) - 1)])
+    if not np.isfinite(threshold):  # more good scans not inspected than the rate allows: the highest judged one
+        threshold = float(good[np.isfinite(good)].max()) if np.isfinite(good).any() else -np.inf
 
     def rate(group: list[dict]) -> float:
-        return float(np.mean([x["score"] > threshold for x in group]))
+        return float(np.mean([score(x) > threshold for x in group]))
 
     groups: dict[str, dict[str, list]] = {"by_type": {}, "by_depth": {}}
     for x in bad:
@@ -159,13 +180,14 @@ def _bin_order(name: str) -> tuple[float, str]:
 def category_report(run: CategoryRun) -> dict:
     y, s = run.object_arrays()
     py, ps = run.point_arrays()
-    total = [x["timings_ms"]["total"] for x in run.samples]
+    total = [x["timings_ms"]["total"] for x in run.samples if "total" in x["timings_ms"]]
     return {
         "o_auroc": _metric(metrics.roc_auc, y, s), "o_aupr": _metric(metrics.average_precision, y, s),
         "p_auroc": _metric(metrics.roc_auc, py, ps), "p_aupr": _metric(metrics.average_precision, py, ps),
         "n_good": int((y == 0).sum()), "n_defective": int((y == 1).sum()),
         "points_per_frame": float(np.mean([x["n_points"] for x in run.samples])),
-        "total_ms_median": float(np.median(total)),
+        "total_ms_median": float(np.median(total)) if total else math.nan,
+        "n_not_inspected": sum(x["score"] is None for x in run.samples),
         "detection": {f"{far:g}": detection_at_far(run.samples, far) for far in FARS},
         "samples": run.samples,
     }
@@ -231,6 +253,10 @@ def format_table(rep: dict) -> str:
                      + f" {c['n_good']:>5} {c['n_defective']:>5} {c['points_per_frame']:>10.0f} "
                      f"{c['total_ms_median']:>9.1f}")
     lines += ["-" * len(head), f"{'mean':<20} " + " ".join(f"{_fmt(rep['mean'][m]):>7}" for m in METRICS), ""]
+    refused = [f"{name}/{x['name']}" for name, c in rep["categories"].items() for x in c["samples"]
+               if x["score"] is None]
+    if refused:
+        lines += [f"not inspected, counted as flagged (never passed): {len(refused)} scans: {', '.join(refused)}", ""]
     lines += format_detection(rep["detection"])
     lines.append("timing (ms per frame): " + ", ".join(f"{st} {t['median']:.1f} median / {t['p95']:.1f} p95"
                                                        for st, t in rep["timing_ms"].items()))
