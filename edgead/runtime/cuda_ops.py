@@ -79,26 +79,16 @@ class CudaOps:
             knn = cuda.module_from_file(str(module_file(kernel_dir, "knn", arch)))
             grid = cuda.module_from_file(str(module_file(kernel_dir, "grid", arch)))
             self.stream = stream or cuda.Stream()
-        self.fps_step = fps.get_function("fps_step")
-        self.fps_step.prepare("PiPPPPii")
-        self.fps_finish = fps.get_function("fps_finish")
-        self.fps_finish.prepare("PPiPi")
-        self.fps_persistent = fps.get_function("fps_persistent")
-        self.fps_persistent.prepare("PiPPPPiiP")
-        self.knn_small = knn.get_function("knn_small")
-        self.knn_small.prepare("PiPiiPP")
-        self.knn_select = knn.get_function("knn_select")
-        self.knn_select.prepare("PPiiPP")
-        self.gather = knn.get_function("gather_patches")
-        self.gather.prepare("PPPiiP")
-        self.grid_lookup = grid.get_function("grid_nearest")
-        self.grid_lookup.prepare("PiPiiiPPPiPPP")
-        self.grid_count = grid.get_function("grid_count")
-        self.grid_count.prepare("PiPiiiPP")
-        self.grid_scatter = grid.get_function("grid_scatter")
-        self.grid_scatter.prepare("PiPPP")
-        self.grid_knn = grid.get_function("grid_knn")
-        self.grid_knn.prepare("PiPPiiiPPiPP")
+        self.fps_step = _prepared(fps, "fps_step", "PiPPPPii")
+        self.fps_finish = _prepared(fps, "fps_finish", "PPiPi")
+        self.fps_persistent = _prepared(fps, "fps_persistent", "PiPPPPiiP")
+        self.knn_small = _prepared(knn, "knn_small", "PiPiiPP")
+        self.knn_select = _prepared(knn, "knn_select", "PPiiPP")
+        self.gather = _prepared(knn, "gather_patches", "PPPiiP")
+        self.grid_lookup = _prepared(grid, "grid_nearest", "PiPiiiPPPiPPP")
+        self.grid_count = _prepared(grid, "grid_count", "PiPiiiPP")
+        self.grid_scatter = _prepared(grid, "grid_scatter", "PiPPP")
+        self.grid_knn = _prepared(grid, "grid_knn", "PiPPiiiPPiPP")
         self.sms = context.device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
         self.fps_aborts = 0  # persistent FPS launches that found the grid not co-resident (then per-step ran)
         self._dev: dict[str, tuple[object, int]] = {}  # name -> (allocation, bytes): allocations know no size
@@ -256,3 +246,11 @@ class CudaOps:
 
     def nearest_distance(self, query: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return self.knn(query, ref, 1).dist[:, 0]
+
+
+def _prepared(module, name: str, signature: str):
+    """The kernel ``name`` of a loaded module, prepared with its argument ``signature`` (pycuda's struct codes:
+    P pointer, i int)."""
+    fn = module.get_function(name)
+    fn.prepare(signature)
+    return fn
