@@ -34,7 +34,7 @@ from edgead.formats.rundir import is_run_dir, read_run
 from edgead.models import load_graph
 from edgead.models.dusnet import noise_gen
 from edgead.runtime import EdgeDetector
-from edgead.tools.evaluate import category_report, report, run_category
+from edgead.tools.evaluate import balanced_subset, category_report, report, run_category
 from edgead.tools.synth import generate
 from edgead.train import TrainOptions, train
 from edgead.train import dusnet as dus_train
@@ -60,14 +60,6 @@ def detector(run: Path, mode: str) -> EdgeDetector:
         return {"recon": out[0].numpy()}
 
     return EdgeDetector(pipe, runner, backend="torch", name=f"dusnet-{mode}")
-
-
-def subset(samples, n: int | None):
-    """At most n test samples, good and defective alternating (a balanced, deterministic subset)."""
-    if not n:
-        return samples
-    good, bad = [s for s in samples if s.label == 0], [s for s in samples if s.label == 1]
-    return good[: n // 2] + bad[: n - n // 2]
 
 
 def main() -> None:
@@ -109,7 +101,7 @@ def main() -> None:
     t0 = time.time()
     for cat in cats:
         clouds = load_train(args.data / args.tracks[0] / cat)
-        tests = {t: subset(load_test(args.data / t / cat), args.max_test) for t in args.tracks}
+        tests = {t: balanced_subset(load_test(args.data / t / cat), args.max_test) for t in args.tracks}
         dirs = {}
         for name, trained_as, mode in evals:
             if trained_as not in dirs:

@@ -23,17 +23,9 @@ import numpy as np
 from edgead.formats.dataset import find_categories, load_test, load_train
 from edgead.formats.rundir import is_run_dir
 from edgead.runtime import EdgeDetector
-from edgead.tools.evaluate import category_report, run_category
+from edgead.tools.evaluate import balanced_subset, category_report, run_category
 from edgead.train import TrainOptions
 from edgead.train import dusnet as dus_train
-
-
-def subset(samples, n: int | None):
-    """At most n test samples, half good and half defective (deterministic)."""
-    if not n:
-        return samples
-    good, bad = [s for s in samples if s.label == 0], [s for s in samples if s.label == 1]
-    return good[: n // 2] + bad[: n - n // 2]
 
 
 def main() -> None:
@@ -53,7 +45,7 @@ def main() -> None:
     rows, t0 = [], time.time()
     for cat in cats:
         clouds = load_train(args.data / args.tracks[0] / cat)
-        tests = {t: subset(load_test(args.data / t / cat), args.max_test) for t in args.tracks}
+        tests = {t: balanced_subset(load_test(args.data / t / cat), args.max_test) for t in args.tracks}
         for steps in args.steps:
             for variant, init in (("scratch", None), ("pretrained", args.init)):
                 run = args.work / variant / cat / str(steps)

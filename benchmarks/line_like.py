@@ -29,8 +29,7 @@ from edgead.formats.dataset import find_categories, load_test, load_train
 from edgead.formats.rundir import is_run_dir
 from edgead.runtime import EdgeDetector
 from edgead.runtime.detector import object_score
-from edgead.tools.evaluate import FARS, defect_depths, detection_at_far
-from edgead.tools.metrics import average_precision, roc_auc
+from edgead.tools.evaluate import FARS, CategoryRun, category_report, defect_depths, defect_type
 from edgead.train import TrainOptions
 from edgead.train import template as template_train
 
@@ -46,33 +45,31 @@ VARIANTS = {  # rule 1 isolated points, rule 2 distance to the surface, rule 3 m
 }
 
 
-def category(det: EdgeDetector, samples, depths: dict[str, float]) -> tuple[dict, list[dict]]:
-    """Every variant's metrics on one category's test scans, and each scan's inspection figures."""
+def category(det: EdgeDetector, name: str, samples, depths: dict[str, float]) -> tuple[dict, list[dict]]:
+    """Every variant's metrics on one category's test scans (``category_report`` of ``edgead eval``, without the
+    per-scan rows), and each scan's inspection figures."""
     p = det.pipeline
     base = p.config
     scans, figures = [], []
     for s in samples:
         _, aligned, _ = p.preprocess(s.points)
         m = p.surface.measure(aligned)
-        refused = m.coverage < inspection.MIN_COVERAGE or m.fitness < inspection.MIN_FITNESS
         figures.append({"name": s.name, "label": int(s.label), "coverage": m.coverage, "fitness": m.fitness,
-                        "refused": refused})
+                        "refused": p.surface.refusal(m, len(aligned)) is not None})
         scans.append((s, aligned))
     out = {}
-    for name, rules in VARIANTS.items():
+    for variant, rules in VARIANTS.items():
         p.config = replace(base, scoring=rules)
-        point_scores, labels, samples_ = [], [], []
+        run = CategoryRun(name)
         for s, aligned in scans:
             ps = p.postprocess(s.points, aligned, {})
-            point_scores.append(ps)
-            labels.append(s.labels)
-            samples_.append({"name": s.name, "label": int(s.label), "score": object_score(aligned, ps),
-                             "depth": depths.get(s.name), "defect": s.name.split("_", 1)[-1]})
-        y = np.array([x["label"] for x in samples_])
-        o = np.array([x["score"] for x in samples_])
-        py, ps = np.concatenate(labels), np.concatenate(point_scores)
-        out[name] = {"o_auroc": roc_auc(y, o), "p_auroc": roc_auc(py, ps), "p_aupr": average_precision(py, ps),
-                     **{f"det@{far:g}": detection_at_far(samples_, far) for far in FARS}}
+            run.point_scores.append(ps)
+            run.point_labels.append(s.labels)
+            run.samples.append({"name": s.name, "label": int(s.label), "score": object_score(aligned, ps),
+                                "n_points": len(s.points), "timings_ms": {}, "depth": depths.get(s.name),
+                                "defect": defect_type(s.name)})
+        rep = category_report(run)
+        out[variant] = {k: rep[k] for k in ("o_auroc", "p_auroc", "p_aupr", "detection")}
     p.config = base
     return out, figures
 
@@ -96,7 +93,7 @@ def main() -> None:
         det = EdgeDetector.load(run)
         for track in args.tracks:
             d = args.data / track / cat
-            metrics, figures = category(det, load_test(d), defect_depths(d))
+            metrics, figures = category(det, cat, load_test(d), defect_depths(d))
             result["tracks"].setdefault(track, {})[cat] = {"metrics": metrics, "inspection": figures}
             m = metrics["1+2+3"]
             print(f"[{time.time() - t0:6.0f}s] {track:5} {cat:12} off O {metrics['off']['o_auroc']:.3f} "
@@ -124,7 +121,7 @@ def format_tables(result: dict) -> str:
         for name in ("off", "1+2+3"):
             parts = []
             for far in FARS:
-                per = [c["metrics"][name][f"det@{far:g}"] for c in cats.values()]
+                per = [c["metrics"][name]["detection"][f"{far:g}"] for c in cats.values()]
                 bins = sorted({b for p in per for b in p["by_depth"]}, key=lambda b: float(b.lstrip(">").split("-")[0]))
                 parts.append(", ".join(f"{b}: {np.mean([p['by_depth'][b] for p in per if b in p['by_depth']]):.2f}"
                                        for b in bins) + f"; all {np.mean([p['detection'] for p in per]):.2f}")

@@ -90,14 +90,21 @@ class ReferenceSurface:
         dist, _ = self.tree.query(aligned[stride_subsample(len(aligned), FIT_POINTS)], k=1)
         return Inspection(coverage, float((dist <= self.tolerance).mean()))
 
+    def refusal(self, m: Inspection, n_points: int) -> str | None:
+        """Why a frame of ``n_points`` points that measured ``m`` cannot be judged; None when it can."""
+        if m.coverage < MIN_COVERAGE:
+            return (f"{n_points} points reach {m.coverage:.0%} of the part's surface cells, at least "
+                    f"{MIN_COVERAGE:.0%} must be seen (an empty or stuck frame, or too little of the part)")
+        if m.fitness < MIN_FITNESS:
+            return (f"the registration does not fit: {m.fitness:.0%} of the points lie near the reference "
+                    f"(within {self.tolerance:.3g}), at least {MIN_FITNESS:.0%} must (another part, a "
+                    "failed alignment, or mostly background)")
+        return None
+
     def inspect(self, aligned: np.ndarray) -> Inspection:
         """(N, 3) frame aligned to the reference -> the figures, or NotInspected naming the check that failed."""
         m = self.measure(aligned)
-        if m.coverage < MIN_COVERAGE:
-            raise NotInspected(f"{len(aligned)} points reach {m.coverage:.0%} of the part's surface cells, at least "
-                               f"{MIN_COVERAGE:.0%} must be seen (an empty or stuck frame, or too little of the part)")
-        if m.fitness < MIN_FITNESS:
-            raise NotInspected(f"the registration does not fit: {m.fitness:.0%} of the points lie near the reference "
-                               f"(within {self.tolerance:.3g}), at least {MIN_FITNESS:.0%} must (another part, a "
-                               "failed alignment, or mostly background)")
+        reason = self.refusal(m, len(aligned))
+        if reason is not None:
+            raise NotInspected(reason)
         return m

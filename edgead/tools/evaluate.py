@@ -75,6 +75,15 @@ class CategoryRun:
         return labels[keep], scores[keep]
 
 
+def balanced_subset(samples: list, n: int | None) -> list:
+    """At most n test samples (``.label`` 0 or 1), the first n // 2 good and the first n - n // 2 defective ones
+    (deterministic); all of them without n."""
+    if not n:
+        return samples
+    good, bad = [s for s in samples if s.label == 0], [s for s in samples if s.label == 1]
+    return good[: n // 2] + bad[: n - n // 2]
+
+
 def defect_type(name: str) -> str:
     """The defect type in a test scan's name: ``NNN_<type>`` (Real3D-AD, ``edgead synth``), else "defect"."""
     m = re.fullmatch(r"\d+_(.+)", name)
@@ -98,24 +107,22 @@ def run_category(detector, name: str, samples, depths: dict[str, float] | None =
     run = CategoryRun(name)
     depths = depths or {}
     for s in samples:
+        entry = {"name": s.name, "label": int(s.label), "n_points": len(s.points)}
+        if s.label:
+            entry.update(defect=defect_type(s.name), depth=depths.get(s.name))
+        run.samples.append(entry)
         try:
             res = detector.detect(s.points)
         except NotInspected as exc:  # never a pass: counted as flagged, its points left out of the point metrics
             log.warning("%s/%s: not inspected (%s); counted as flagged", name, s.name, exc)
-            run.samples.append({"name": s.name, "label": int(s.label), "score": None, "status": "not inspected",
-                                "error": str(exc), "n_points": len(s.points), "timings_ms": {}})
-            if s.label:
-                run.samples[-1].update(defect=defect_type(s.name), depth=depths.get(s.name))
+            entry.update(score=None, status="not inspected", error=str(exc), timings_ms={})
             continue
         except ValueError as exc:
             raise ValueError(f"{name}/{s.name}: {exc}") from exc
         labels = np.asarray(s.labels, dtype=np.uint8)
         if labels.shape != res.point_scores.shape:
             raise ValueError(f"{name}/{s.name}: {len(labels)} point labels for {len(res.point_scores)} points")
-        run.samples.append({"name": s.name, "label": int(s.label), "score": res.score, "n_points": len(s.points),
-                            "n_dropped": res.n_dropped, "timings_ms": res.timings_ms})
-        if s.label:
-            run.samples[-1].update(defect=defect_type(s.name), depth=depths.get(s.name))
+        entry.update(score=res.score, n_dropped=res.n_dropped, timings_ms=res.timings_ms)
         run.point_scores.append(res.point_scores)
         run.point_labels.append(labels)
         best = run.shown.get(int(s.label))
